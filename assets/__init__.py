@@ -1,0 +1,1 @@
+"""Dagster assets: what each stage produces. The how lives in resources/."""

@@ -1,0 +1,27 @@
+"""The code location: one `Definitions` built from the settings file (see resources/settings.py)."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.ingest import build_raw_documents
+from assets.reports import crawl_summary
+from jobs.ingest import ingest_job
+from jobs.sensors import build_crawl_sensor
+from resources.dagster_resources import CatalogResource, StorageResource
+from resources.settings import Settings, load_settings
+
+
+def build_definitions(settings: Settings) -> dg.Definitions:
+    return dg.Definitions(
+        assets=[build_raw_documents(settings.ingest, settings.storage.storage_options), crawl_summary],
+        jobs=[ingest_job],
+        sensors=[build_crawl_sensor(settings.source, ingest_job)],
+        resources={
+            "storage": StorageResource(root=settings.storage.root, storage_options=settings.storage.storage_options),
+            "catalog": CatalogResource(path=settings.catalog.path),
+        },
+    )
+
+
+defs = build_definitions(load_settings())

@@ -1,0 +1,1 @@
+"""Jobs, partitions, schedules and sensors: when and on what trigger assets run."""

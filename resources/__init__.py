@@ -1,0 +1,1 @@
+"""Engines of crawl2ckpt: plain Python, usable and testable without Dagster."""

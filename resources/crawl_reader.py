@@ -1,0 +1,154 @@
+"""Streaming WARC/WET reading with FastWARC: records in, candidate pages out.
+
+Every record that does not become a page is counted under a reason, and a file that
+cannot be read at all is counted as skipped rather than failing the whole batch: one
+bad file in a crawl must not stop the other thousands.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO
+
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+_RECORD_TYPES = WarcRecordType.response | WarcRecordType.conversion
+
+
+@dataclass(slots=True)
+class RawPage:
+    """One record worth extracting, with its provenance."""
+
+    url: str
+    warc_path: str
+    warc_record_id: str
+    fetch_time: datetime | None
+    record_type: str  # "response" (HTML to extract) or "conversion" (WET text)
+    content_type: str
+    charset: str | None
+    payload: bytes
+    capped: bool
+
+
+@dataclass
+class ReadStats:
+    files: int = 0
+    records: int = 0
+    payload_bytes: int = 0
+    skips: Counter[str] = field(default_factory=Counter)
+    file_errors: dict[str, str] = field(default_factory=dict)
+
+    def merge(self, other: ReadStats) -> None:
+        self.files += other.files
+        self.records += other.records
+        self.payload_bytes += other.payload_bytes
+        self.skips.update(other.skips)
+        self.file_errors.update(other.file_errors)
+
+
+def iter_pages(
+    stream: BinaryIO,
+    warc_path: str,
+    stats: ReadStats,
+    max_record_bytes: int,
+    html_content_types: tuple[str, ...],
+) -> Iterator[RawPage]:
+    """Yield pages from one open WARC/WET file (gzip or plain, detected by FastWARC)."""
+    stats.files += 1
+    seen = 0
+    try:
+        for record in ArchiveIterator(stream, record_types=_RECORD_TYPES, parse_http=True):
+            seen += 1
+            stats.records += 1
+            page = _to_page(record, warc_path, stats, max_record_bytes, html_content_types)
+            if page is not None:
+                stats.payload_bytes += len(page.payload)
+                yield page
+    except OSError as exc:  # FastWARC's only signal for headers it cannot parse
+        reason = "not_warc" if seen == 0 else "malformed_record"
+        stats.skips[reason] += 1
+        stats.file_errors[warc_path] = f"{reason} after {seen} records: {exc}"
+        return
+    if seen == 0:
+        stats.skips["no_records"] += 1
+        stats.file_errors.setdefault(warc_path, "no response or conversion records")
+
+
+def _to_page(
+    record,  # fastwarc.warc.WarcRecord
+    warc_path: str,
+    stats: ReadStats,
+    max_record_bytes: int,
+    html_content_types: tuple[str, ...],
+) -> RawPage | None:
+    headers = record.headers
+    url = headers.get("WARC-Target-URI") or ""
+    if not url:
+        stats.skips["no_target_uri"] += 1
+        return None
+    expected = record.content_length
+    payload = record.reader.read(max_record_bytes)
+    capped = expected > max_record_bytes
+    if len(payload) < min(expected, max_record_bytes):
+        stats.skips["truncated_record"] += 1
+        stats.file_errors.setdefault(warc_path, "truncated: the last record ends early")
+        return None
+    if capped:
+        stats.skips["capped_payload"] += 1  # counted, but the capped page is still used
+    if record.record_type == WarcRecordType.conversion:
+        return RawPage(
+            url=url,
+            warc_path=warc_path,
+            warc_record_id=headers.get("WARC-Record-ID") or "",
+            fetch_time=_record_date(record),
+            record_type="conversion",
+            content_type="text/plain",
+            charset="utf-8",
+            payload=payload,
+            capped=capped,
+        )
+    http = record.http_headers
+    if http is None:
+        stats.skips["no_http_headers"] += 1
+        return None
+    if not 200 <= (http.status_code or 0) < 300:
+        stats.skips["http_status"] += 1
+        return None
+    content_type = (record.http_content_type or "").lower()
+    if content_type not in html_content_types:
+        stats.skips["non_html_content_type"] += 1
+        return None
+    return RawPage(
+        url=url,
+        warc_path=warc_path,
+        warc_record_id=headers.get("WARC-Record-ID") or "",
+        fetch_time=_record_date(record),
+        record_type="response",
+        content_type=content_type,
+        charset=record.http_charset,
+        payload=payload,
+        capped=capped,
+    )
+
+
+def _record_date(record) -> datetime | None:
+    try:
+        return record.record_date
+    except (ValueError, TypeError):
+        return None
+
+
+def crawl_of(path: str, fallback: str | None = None) -> str:
+    """The crawl a file belongs to: a Common Crawl id in its path (CC-MAIN-2024-22), else the
+    configured name, else its parent directory's name."""
+    match = re.search(r"CC-[A-Z]+-\d{4}-\d{2}(?!\d)", path)
+    if match:
+        return match.group(0)
+    if fallback:
+        return fallback
+    return posixpath.basename(posixpath.dirname(path.rstrip("/"))) or "unknown"

@@ -1,0 +1,201 @@
+"""Crawl files in, document shards out: the engine behind the `raw_documents` asset.
+
+The main process streams records (FastWARC is far faster than extraction), a pool of
+spawned processes decodes and extracts, and finished documents are flushed to a shard
+every `shard_rows` documents, so memory is bounded by the shard size and the number of
+batches in flight, never by the size of the crawl.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from urllib.parse import urlsplit
+
+import fsspec
+import polars as pl
+
+from resources.crawl_reader import RawPage, ReadStats, crawl_of, iter_pages
+from resources.html_extract import ExtractOptions, Extracted, extract_batch
+from resources.settings import IngestSettings
+from resources.storage import ShardInfo
+
+DOCUMENT_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String(),
+    "text": pl.String(),
+    "url": pl.String(),
+    "domain": pl.String(),
+    "crawl": pl.String(),
+    "crawl_batch": pl.String(),
+    "warc_path": pl.String(),
+    "warc_record_id": pl.String(),
+    "fetch_time": pl.Datetime("us", "UTC"),
+    "record_type": pl.String(),
+    "content_type": pl.String(),
+    "charset": pl.String(),
+    "source_bytes": pl.Int64(),
+    "capped": pl.Boolean(),
+}
+PROVENANCE_COLUMNS = ("doc_id", "url", "domain", "crawl", "warc_path", "warc_record_id", "fetch_time")
+
+_BATCH_PAGES = 32
+_BATCH_BYTES = 4 << 20
+
+
+@dataclass
+class IngestResult:
+    shards: list[ShardInfo]
+    documents: int
+    read: ReadStats
+    skips: Counter[str] = field(default_factory=Counter)  # read skips and extraction skips together
+    seconds: float = 0.0
+
+    @property
+    def docs_per_second(self) -> float:
+        return self.documents / self.seconds if self.seconds else 0.0
+
+
+def domain_of(url: str) -> str:
+    host = (urlsplit(url).hostname or "").lower()
+    return host.removeprefix("www.")
+
+
+def ingest_files(
+    files: Iterable[str],
+    *,
+    crawl_batch: str,
+    settings: IngestSettings,
+    write_shard: Callable[[int, pl.DataFrame], ShardInfo],
+    crawl: str | None = None,
+    storage_options: dict[str, object] | None = None,
+    log: Callable[[str], None] = lambda message: None,
+) -> IngestResult:
+    """Read every file of one crawl batch and write its documents as shards."""
+    started = time.perf_counter()
+    read = ReadStats()
+    skips: Counter[str] = Counter()
+    shards: list[ShardInfo] = []
+    rows: list[dict[str, object]] = []
+    seen: set[str] = set()
+    documents = 0
+    last_report = started
+
+    def flush() -> None:
+        if rows:
+            shards.append(write_shard(len(shards), pl.DataFrame(rows, schema=DOCUMENT_SCHEMA, orient="row")))
+            rows.clear()
+
+    pages = _pages(files, read, settings, storage_options or {})
+    options = ExtractOptions(
+        extractor=settings.extractor,
+        max_replacement_ratio=settings.max_replacement_ratio,
+        min_text_chars=settings.min_text_chars,
+        timeout_s=settings.doc_timeout_s,
+    )
+    for page, result in _extract(pages, options, settings.workers or os.cpu_count() or 1):
+        if result.skip:
+            skips[result.skip] += 1
+            continue
+        if result.doc_id in seen:
+            skips["duplicate_text"] += 1
+            continue
+        seen.add(result.doc_id)
+        rows.append(_row(page, result, crawl_batch, crawl))
+        documents += 1
+        if len(rows) >= settings.shard_rows:
+            flush()
+        if time.perf_counter() - last_report > 30:
+            last_report = time.perf_counter()
+            log(f"{crawl_batch}: {read.records} records read, {documents} documents so far")
+    flush()
+    skips.update(read.skips)
+    return IngestResult(shards, documents, read, skips, time.perf_counter() - started)
+
+
+def _pages(
+    files: Iterable[str], read: ReadStats, settings: IngestSettings, storage_options: dict[str, object]
+) -> Iterator[RawPage]:
+    content_types = tuple(settings.html_content_types)
+    for path in files:
+        try:
+            opened = fsspec.open(path, "rb", **storage_options).open()
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"crawl file registered for this batch is gone: {path}") from exc
+        with opened as stream:
+            if _is_empty(opened):
+                read.files += 1
+                read.skips["empty_file"] += 1
+                read.file_errors[path] = "empty file"
+                continue
+            yield from iter_pages(stream, path, read, settings.max_record_bytes, content_types)
+
+
+def _is_empty(stream) -> bool:
+    size = getattr(stream, "size", None)
+    if size is None:
+        try:
+            size = os.fstat(stream.fileno()).st_size
+        except (AttributeError, OSError, ValueError):
+            return False
+    return size == 0
+
+
+def _batches(pages: Iterator[RawPage]) -> Iterator[list[RawPage]]:
+    batch: list[RawPage] = []
+    size = 0
+    for page in pages:
+        batch.append(page)
+        size += len(page.payload)
+        if len(batch) >= _BATCH_PAGES or size >= _BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _extract(
+    pages: Iterator[RawPage], options: ExtractOptions, workers: int
+) -> Iterator[tuple[RawPage, Extracted]]:
+    """Results in input order; at most 2 batches per worker in flight bound the memory."""
+
+    def payloads(batch: list[RawPage]) -> list[tuple[bytes, str | None, str, str]]:
+        return [(p.payload, p.charset, p.record_type, p.url) for p in batch]
+
+    if workers <= 1:
+        for batch in _batches(pages):
+            yield from zip(batch, extract_batch(payloads(batch), options), strict=True)
+        return
+    in_flight: deque[tuple[list[RawPage], Future[list[Extracted]]]] = deque()
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        for batch in _batches(pages):
+            in_flight.append((batch, pool.submit(extract_batch, payloads(batch), options)))
+            if len(in_flight) >= 2 * workers:
+                done, future = in_flight.popleft()
+                yield from zip(done, future.result(), strict=True)
+        while in_flight:
+            done, future = in_flight.popleft()
+            yield from zip(done, future.result(), strict=True)
+
+
+def _row(page: RawPage, result: Extracted, crawl_batch: str, crawl: str | None) -> dict[str, object]:
+    return {
+        "doc_id": result.doc_id,
+        "text": result.text,
+        "url": page.url,
+        "domain": domain_of(page.url),
+        "crawl": crawl_of(page.warc_path, crawl),
+        "crawl_batch": crawl_batch,
+        "warc_path": page.warc_path,
+        "warc_record_id": page.warc_record_id,
+        "fetch_time": page.fetch_time,
+        "record_type": page.record_type,
+        "content_type": page.content_type,
+        "charset": result.charset,
+        "source_bytes": len(page.payload),
+        "capped": page.capped,
+    }

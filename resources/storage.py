@@ -1,0 +1,192 @@
+"""Shard storage over fsspec with atomic writes and per-partition manifests.
+
+The manifest is the commit point of a partition: shards are written first under
+content-addressed names, the manifest last, and readers only ever open files a
+manifest names. A run killed half-way therefore leaves the previous manifest (and
+its shards) intact, and stray new shards are invisible and collected on the next
+commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import posixpath
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import fsspec
+import polars as pl
+
+MANIFEST_NAME = "_manifest.json"
+UNPARTITIONED = "__all__"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """Hash of a JSON-able object that does not depend on key order."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to the partition directory
+    rows: int
+    bytes: int
+    sha256: str
+
+
+@dataclass
+class Manifest:
+    asset: str
+    partition: str
+    files: list[ShardInfo]
+    config_hash: str = ""
+    code_version: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # upstream "asset[partition]" -> data version
+    stats: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    created_at: str = ""
+
+    @property
+    def rows(self) -> int:
+        return sum(f.rows for f in self.files)
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    @property
+    def data_version(self) -> str:
+        """Hash of the content only: identical shards give an identical version, so a rerun
+        that produces the same bytes does not make anything downstream stale."""
+        return stable_hash(
+            {"asset": self.asset, "partition": self.partition, "files": [asdict(f) for f in self.files]}
+        )[:32]
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["data_version"] = self.data_version
+        return json.dumps(body, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        body = json.loads(text)
+        body.pop("data_version", None)
+        body["files"] = [ShardInfo(**f) for f in body["files"]]
+        return cls(**body)
+
+
+class ShardStore:
+    """An fsspec directory tree: `<root>/<asset>/<partition>/{part-*.parquet,_manifest.json}`."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        self._is_local = "file" in _protocols(self.fs)
+        if self._is_local:
+            self.fs.makedirs(self._root_path, exist_ok=True)
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self._root_path, *parts)
+
+    def url(self, *parts: str) -> str:
+        """A path in the form users paste into other tools (s3://... or a local path)."""
+        path = self.path(*parts)
+        return path if self._is_local else self.fs.unstrip_protocol(path)
+
+    def partition_dir(self, asset: str, partition: str | None) -> str:
+        return self.path(asset, partition or UNPARTITIONED)
+
+    # -- atomic writes -----------------------------------------------------------------
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Atomic: a local write goes to a temporary name and is renamed; an object store PUT
+        is atomic by itself."""
+        parent = posixpath.dirname(path)
+        if self._is_local:
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            try:
+                with self.fs.open(tmp, "wb") as f:
+                    f.write(data)
+                self.fs.mv(tmp, path)
+            finally:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    # -- shards and manifests ----------------------------------------------------------
+    def write_parquet_shard(self, asset: str, partition: str | None, index: int, frame: pl.DataFrame) -> ShardInfo:
+        """Content-addressed name, so identical content keeps an identical manifest."""
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="zstd", compression_level=3, statistics=True)
+        data = buffer.getvalue()
+        digest = sha256_bytes(data)
+        name = f"part-{index:05d}-{digest[:16]}.parquet"
+        self.write_bytes(posixpath.join(self.partition_dir(asset, partition), name), data)
+        return ShardInfo(path=name, rows=frame.height, bytes=len(data), sha256=digest)
+
+    def commit(self, manifest: Manifest) -> Manifest:
+        """Publish a partition: write its manifest, then drop shards no manifest names."""
+        manifest.created_at = manifest.created_at or datetime.now(UTC).isoformat()
+        directory = self.partition_dir(manifest.asset, manifest.partition)
+        self.write_bytes(posixpath.join(directory, MANIFEST_NAME), manifest.to_json().encode())
+        keep = {f.path for f in manifest.files} | {MANIFEST_NAME}
+        self.fs.invalidate_cache(directory)
+        for entry in self.fs.ls(directory, detail=False):
+            name = posixpath.basename(entry)
+            if name not in keep and not name.startswith(".tmp-"):
+                self.fs.rm(entry)
+        return manifest
+
+    def read_manifest(self, asset: str, partition: str | None) -> Manifest | None:
+        path = posixpath.join(self.partition_dir(asset, partition), MANIFEST_NAME)
+        if not self.fs.exists(path):
+            return None
+        return Manifest.from_json(self.read_bytes(path).decode())
+
+    def iter_manifests(self, asset: str | None = None) -> Iterator[Manifest]:
+        pattern = self.path(asset or "*", "*", MANIFEST_NAME)
+        for path in sorted(self.fs.glob(pattern)):
+            yield Manifest.from_json(self.read_bytes(path).decode())
+
+    def shard_paths(self, manifest: Manifest) -> list[str]:
+        directory = self.partition_dir(manifest.asset, manifest.partition)
+        return [posixpath.join(directory, f.path) for f in manifest.files]
+
+    def read_shard(self, path: str, columns: list[str] | None = None) -> pl.DataFrame:
+        with self.fs.open(path, "rb") as f:
+            return pl.read_parquet(f, columns=columns)
+
+    def shard_schema(self, manifest: Manifest) -> list[str]:
+        """Column names of a partition's shards (all shards of a partition share one schema)."""
+        with self.fs.open(self.shard_paths(manifest)[0], "rb") as f:
+            return list(pl.read_parquet_schema(f))
+
+    def iter_frames(self, manifest: Manifest, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+        """One shard at a time, so memory stays bounded by the shard size."""
+        for path in self.shard_paths(manifest):
+            yield self.read_shard(path, columns)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)
