@@ -14,7 +14,7 @@ from resources.settings import Settings, load_settings
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[build_raw_documents(settings.ingest, settings.storage.storage_options), crawl_summary],
+        assets=[build_raw_documents(settings.ingest, settings.source.storage_options), crawl_summary],
         jobs=[ingest_job],
         sensors=[build_crawl_sensor(settings.source, ingest_job)],
         resources={

@@ -20,7 +20,8 @@ RAW_DOCUMENTS_LOGIC = "1"
 DOCUMENT_CHECKS = ("unique_doc_id", "no_empty_text", "provenance_complete")
 
 
-def build_raw_documents(settings: IngestSettings, storage_options: dict | None = None) -> dg.AssetsDefinition:
+def build_raw_documents(settings: IngestSettings, source_options: dict | None = None) -> dg.AssetsDefinition:
+    """`source_options` are the fsspec options for opening crawl files (the source's, not the store's)."""
     shaping = settings.output_shaping()
 
     @dg.asset(
@@ -43,7 +44,7 @@ def build_raw_documents(settings: IngestSettings, storage_options: dict | None =
             settings=settings,
             write_shard=partial(store.write_parquet_shard, RAW_DOCUMENTS, key),
             crawl=spec["crawl"],
-            storage_options=storage_options,
+            storage_options=source_options,
             log=context.log.info,
         )
         for path, error in result.read.file_errors.items():

@@ -14,7 +14,7 @@ def build_crawl_sensor(source: SourceSettings, job: dg.JobDefinition | str) -> d
         name="crawl_sensor",
         job=job,
         minimum_interval_seconds=source.interval_seconds,
-        default_status=dg.DefaultSensorStatus.STOPPED,
+        default_status=dg.DefaultSensorStatus.RUNNING if source.sensor_running else dg.DefaultSensorStatus.STOPPED,
         description=f"Registers new crawl files from {source.listing or source.url} as crawl batches.",
     )
     def crawl_sensor(

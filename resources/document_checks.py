@@ -33,9 +33,7 @@ def check_documents(frames: Iterable[pl.DataFrame]) -> dict[str, CheckOutcome]:
         for column, count in nulls.items():
             missing_by_column[column] += count
         incomplete += frame.filter(
-            pl.any_horizontal(
-                [pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in PROVENANCE_COLUMNS]
-            )
+            pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in PROVENANCE_COLUMNS])
         ).height
     return {
         "unique_doc_id": CheckOutcome(duplicates == 0, {"rows": rows, "duplicate_doc_ids": duplicates}),

@@ -58,9 +58,7 @@ def decode(payload: bytes, declared: str | None) -> tuple[str, str]:
 
 
 def _resiliparse(html: str, url: str) -> str:
-    return extract_plain_text(
-        html, main_content=True, preserve_formatting=True, alt_texts=False, list_bullets=True
-    )
+    return extract_plain_text(html, main_content=True, preserve_formatting=True, alt_texts=False, list_bullets=True)
 
 
 def _trafilatura(html: str, url: str) -> str:
@@ -95,9 +93,7 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def extract_one(
-    payload: bytes, charset: str | None, record_type: str, url: str, options: ExtractOptions
-) -> Extracted:
+def extract_one(payload: bytes, charset: str | None, record_type: str, url: str, options: ExtractOptions) -> Extracted:
     text, encoding = decode(payload, charset)
     if len(_BAD_CHARS.findall(text)) > options.max_replacement_ratio * max(len(text), 1):
         return Extracted(skip="undecodable")
@@ -115,8 +111,6 @@ def extract_one(
     return Extracted(text=text, doc_id=doc_id_of(text), charset=encoding)
 
 
-def extract_batch(
-    batch: list[tuple[bytes, str | None, str, str]], options: ExtractOptions
-) -> list[Extracted]:
+def extract_batch(batch: list[tuple[bytes, str | None, str, str]], options: ExtractOptions) -> list[Extracted]:
     """Worker entry point: (payload, charset, record_type, url) tuples in, results in order."""
     return [extract_one(payload, charset, kind, url, options) for payload, charset, kind, url in batch]

@@ -21,7 +21,7 @@ import fsspec
 import polars as pl
 
 from resources.crawl_reader import RawPage, ReadStats, crawl_of, iter_pages
-from resources.html_extract import ExtractOptions, Extracted, extract_batch
+from resources.html_extract import Extracted, ExtractOptions, extract_batch
 from resources.settings import IngestSettings
 from resources.storage import ShardInfo
 
@@ -158,9 +158,7 @@ def _batches(pages: Iterator[RawPage]) -> Iterator[list[RawPage]]:
         yield batch
 
 
-def _extract(
-    pages: Iterator[RawPage], options: ExtractOptions, workers: int
-) -> Iterator[tuple[RawPage, Extracted]]:
+def _extract(pages: Iterator[RawPage], options: ExtractOptions, workers: int) -> Iterator[tuple[RawPage, Extracted]]:
     """Results in input order; at most 2 batches per worker in flight bound the memory."""
 
     def payloads(batch: list[RawPage]) -> list[tuple[bytes, str | None, str, str]]:

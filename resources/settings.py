@@ -35,15 +35,14 @@ class SourceSettings(_Section):
     """Where the crawl sensor looks for new files."""
 
     url: str = "data/sample"
-    patterns: list[str] = Field(
-        default_factory=lambda: ["*.warc.gz", "*.warc", "*.wet.gz", "*.warc.wet.gz", "*.wet"]
-    )
+    patterns: list[str] = Field(default_factory=lambda: ["*.warc.gz", "*.warc", "*.wet.gz", "*.warc.wet.gz", "*.wet"])
     listing: str | None = None
     listing_base_url: str = ""
     crawl: str | None = None
     files_per_partition: int = Field(default=2, ge=1)
     max_files_per_tick: int = Field(default=1000, ge=1)
     interval_seconds: int = Field(default=60, ge=1)
+    sensor_running: bool = Field(default=False, description="start the sensor with the daemon, no click needed")
     storage_options: dict[str, object] = Field(default_factory=dict)
 
 
@@ -52,9 +51,7 @@ class IngestSettings(_Section):
     max_record_bytes: int = Field(default=5_000_000, ge=1024)
     min_text_chars: int = Field(default=1, ge=1)
     max_replacement_ratio: float = Field(default=0.02, ge=0, le=1)
-    html_content_types: list[str] = Field(
-        default_factory=lambda: ["text/html", "application/xhtml+xml"]
-    )
+    html_content_types: list[str] = Field(default_factory=lambda: ["text/html", "application/xhtml+xml"])
     shard_rows: int = Field(default=20_000, ge=1)
     workers: int = Field(default=0, ge=0, description="extraction processes; 0 = one per core")
     doc_timeout_s: float = Field(default=20.0, gt=0)
