@@ -8,7 +8,6 @@ page from stalling a worker, a failure peers' users report with Trafilatura.
 from __future__ import annotations
 
 import hashlib
-import re
 import signal
 import threading
 import unicodedata
@@ -19,8 +18,6 @@ from dataclasses import dataclass
 from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 
-_BAD_CHARS = re.compile("[\ufffd\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_SPACES = re.compile(r"\s+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +40,7 @@ class Extracted:
 
 def doc_id_of(text: str) -> str:
     """Hash of the normalized text: stable across runs, crawls and extractors' whitespace."""
-    normalized = _SPACES.sub(" ", unicodedata.normalize("NFKC", text).casefold()).strip()
+    normalized = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
     return hashlib.blake2b(normalized.encode(), digest_size=16).hexdigest()
 
 
@@ -95,7 +92,8 @@ def _time_limit(seconds: float):
 
 def extract_one(payload: bytes, charset: str | None, record_type: str, url: str, options: ExtractOptions) -> Extracted:
     text, encoding = decode(payload, charset)
-    if len(_BAD_CHARS.findall(text)) > options.max_replacement_ratio * max(len(text), 1):
+    # Replacement characters and NULs are what binary content turns into, whatever the charset.
+    if text.count("\ufffd") + text.count("\x00") > options.max_replacement_ratio * max(len(text), 1):
         return Extracted(skip="undecodable")
     if record_type == "response":
         try:
