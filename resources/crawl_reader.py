@@ -7,8 +7,10 @@ bad file in a crawl must not stop the other thousands.
 
 from __future__ import annotations
 
+import gzip
 import posixpath
 import re
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -61,9 +63,11 @@ def iter_pages(
     """Yield pages from one open WARC/WET file (gzip or plain, detected by FastWARC)."""
     stats.files += 1
     seen = 0
+    last_start = 0
     try:
         for record in ArchiveIterator(stream, record_types=_RECORD_TYPES, parse_http=True):
             seen += 1
+            last_start = record.stream_pos
             stats.records += 1
             page = _to_page(record, warc_path, stats, max_record_bytes, html_content_types)
             if page is not None:
@@ -77,6 +81,30 @@ def iter_pages(
     if seen == 0:
         stats.skips["no_records"] += 1
         stats.file_errors.setdefault(warc_path, "no response or conversion records")
+    elif warc_path not in stats.file_errors and _gzip_cut_short(stream, last_start):
+        stats.skips["truncated_record"] += 1
+        stats.file_errors[warc_path] = "truncated: the file ends inside a gzip member"
+
+
+def _gzip_cut_short(stream: BinaryIO, start: int) -> bool:
+    """FastWARC ends quietly at a gzip member cut short (and yields nothing when the cut falls
+    in its first bytes), so decompress the members from the last record read to the end: a
+    truncated file ends before its last member's end-of-stream marker."""
+    try:
+        if not stream.seekable():
+            return False
+        stream.seek(0)
+        if stream.read(2) != b"\x1f\x8b":
+            return False
+        stream.seek(start)
+        with gzip.GzipFile(fileobj=stream) as tail:
+            while tail.read(1 << 20):
+                pass
+    except EOFError:
+        return True
+    except (OSError, zlib.error):  # not gzip from here on: FastWARC has judged the rest already
+        return False
+    return False
 
 
 def _to_page(
@@ -87,6 +115,10 @@ def _to_page(
     html_content_types: tuple[str, ...],
 ) -> RawPage | None:
     headers = record.headers
+    if "Content-Length" not in headers:  # the file ends inside this record's header block
+        stats.skips["truncated_record"] += 1
+        stats.file_errors.setdefault(warc_path, "truncated: the last record's headers end early")
+        return None
     url = headers.get("WARC-Target-URI") or ""
     if not url:
         stats.skips["no_target_uri"] += 1

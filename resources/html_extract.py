@@ -7,7 +7,9 @@ page from stalling a worker, a failure peers' users report with Trafilatura.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
+import re
 import signal
 import threading
 import unicodedata
@@ -16,8 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from resiliparse.extract.html2text import extract_plain_text
-from resiliparse.parse.encoding import bytes_to_str, detect_encoding
-
+from resiliparse.parse.encoding import detect_encoding
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +45,42 @@ def doc_id_of(text: str) -> str:
     return hashlib.blake2b(normalized.encode(), digest_size=16).hexdigest()
 
 
-def decode(payload: bytes, declared: str | None) -> tuple[str, str]:
-    """Declared charset first, then the document's own hints, with UTF-8/cp1252 fallbacks."""
-    encoding = declared or detect_encoding(payload)
+def _codec(label: str | None) -> str | None:
     try:
-        return bytes_to_str(payload, encoding, errors="replace"), encoding
+        return codecs.lookup(label).name if label else None
     except LookupError:  # an unknown charset label in the HTTP header
-        encoding = detect_encoding(payload)
-        return bytes_to_str(payload, encoding, errors="replace"), encoding
+        return None
+
+
+# Where "nearly every byte decodes" is evidence for the charset (unlike single-byte charsets).
+_MULTI_BYTE = {"utf-8", "shift_jis", "cp932", "euc_jp", "gb18030", "gbk", "gb2312", "big5", "euc_kr", "cp949"}
+
+
+def decode(payload: bytes, declared: str | None) -> tuple[str, str]:
+    """The declared charset, the document's own hints, then UTF-8, else cp1252; returns the codec
+    that actually decoded the page.
+
+    A charset that decodes the page exactly wins. Failing that, a multi-byte charset that is right
+    but for a few bytes (a stray byte, a character cut by the record cap) is kept, with U+FFFD for
+    those bytes, rather than turning the whole page into cp1252 mojibake."""
+    names: list[str] = []
+    for label in (declared, "", "utf-8"):  # "": what the document says of itself, looked up lazily
+        name = _codec(label if label else detect_encoding(payload))
+        if not name or name in names:
+            continue
+        names.append(name)
+        try:
+            return payload.decode(name).removeprefix("\ufeff"), name
+        except UnicodeDecodeError:
+            continue
+    for name in names:
+        if name in _MULTI_BYTE:
+            text = payload.decode(name, errors="replace")
+            bad = text.count("\ufffd")
+            good_non_ascii = len(text) - len(text.encode("ascii", "ignore")) - bad
+            if bad <= max(1, len(text) // 1000) and bad < good_non_ascii:
+                return text.removeprefix("\ufeff"), name
+    return payload.decode("cp1252", errors="replace"), "cp1252"
 
 
 def _resiliparse(html: str, url: str) -> str:
@@ -90,10 +119,23 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_CONTROL_SAMPLE = 65_536
+
+
+def _undecodable(text: str, ratio: float) -> bool:
+    """Binary content becomes U+FFFD under a multi-byte charset and C0 control characters under a
+    single-byte one (where every byte decodes). U+FFFD is counted in the whole text (str.count is
+    cheap), control characters in a bounded sample (a regex over megabytes is not)."""
+    if text.count("\ufffd") > ratio * max(len(text), 1):
+        return True
+    sample = text[:_CONTROL_SAMPLE]
+    return len(_CONTROL.findall(sample)) > ratio * max(len(sample), 1)
+
+
 def extract_one(payload: bytes, charset: str | None, record_type: str, url: str, options: ExtractOptions) -> Extracted:
     text, encoding = decode(payload, charset)
-    # Replacement characters and NULs are what binary content turns into, whatever the charset.
-    if text.count("\ufffd") + text.count("\x00") > options.max_replacement_ratio * max(len(text), 1):
+    if _undecodable(text, options.max_replacement_ratio):
         return Extracted(skip="undecodable")
     if record_type == "response":
         try:
