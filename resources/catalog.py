@@ -32,15 +32,20 @@ CREATE TABLE IF NOT EXISTS materializations (
     data_version VARCHAR, inputs JSON, rows BIGINT, bytes BIGINT, created_at TIMESTAMPTZ,
     PRIMARY KEY (asset, crawl_batch, data_version, run_id));
 CREATE TABLE IF NOT EXISTS shards (
-    asset VARCHAR, crawl_batch VARCHAR, path VARCHAR, rows BIGINT, bytes BIGINT, sha256 VARCHAR,
-    data_version VARCHAR);
+    asset VARCHAR, crawl_batch VARCHAR, shard_table VARCHAR, path VARCHAR, rows BIGINT, bytes BIGINT,
+    sha256 VARCHAR, data_version VARCHAR);
 CREATE TABLE IF NOT EXISTS documents (
     doc_id VARCHAR, asset VARCHAR, crawl_batch VARCHAR, url VARCHAR, domain VARCHAR, crawl VARCHAR,
     warc_path VARCHAR, warc_record_id VARCHAR, fetch_time TIMESTAMPTZ, data_version VARCHAR);
+CREATE TABLE IF NOT EXISTS removed (
+    doc_id VARCHAR, asset VARCHAR, crawl_batch VARCHAR, url VARCHAR, stage VARCHAR, rule VARCHAR,
+    detail VARCHAR, duplicate_of VARCHAR, data_version VARCHAR);
 """
 
 # Columns of document shards copied into the catalog; the text itself stays in the shards.
 DOCUMENT_COLUMNS = ["doc_id", "url", "domain", "crawl", "warc_path", "warc_record_id", "fetch_time"]
+# The removed-rows contract: why each document left a stage ("why is this document gone?").
+REMOVED_COLUMNS = ["doc_id", "url", "stage", "rule", "detail", "duplicate_of"]
 _LOCK_WAIT_S = 120.0
 
 
@@ -88,7 +93,9 @@ class LineageCatalog:
             )
             con.execute("COMMIT")
 
-    def record_materialization(self, manifest: Manifest, documents: pl.DataFrame | None = None) -> None:
+    def record_materialization(
+        self, manifest: Manifest, documents: pl.DataFrame | None = None, removed: pl.DataFrame | None = None
+    ) -> None:
         """Replace everything known about this asset partition with what the manifest says."""
         key = [manifest.asset, manifest.partition]
         with self.connect() as con:
@@ -109,21 +116,23 @@ class LineageCatalog:
             )
             con.execute("DELETE FROM shards WHERE asset = ? AND crawl_batch = ?", key)
             con.executemany(
-                "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [[*key, f.path, f.rows, f.bytes, f.sha256, manifest.data_version] for f in manifest.files],
+                "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [[*key, f.table, f.path, f.rows, f.bytes, f.sha256, manifest.data_version] for f in manifest.files],
             )
-            if documents is not None:
-                con.execute("DELETE FROM documents WHERE asset = ? AND crawl_batch = ?", key)
-                frame = documents.select(DOCUMENT_COLUMNS).with_columns(
+            for table, frame, columns in (
+                ("documents", documents, DOCUMENT_COLUMNS),
+                ("removed", removed, REMOVED_COLUMNS),
+            ):
+                if frame is None:
+                    continue
+                con.execute(f"DELETE FROM {table} WHERE asset = ? AND crawl_batch = ?", key)
+                incoming = frame.select(columns).with_columns(
                     asset=pl.lit(manifest.asset),
                     crawl_batch=pl.lit(manifest.partition),
                     data_version=pl.lit(manifest.data_version),
                 )
-                con.register("incoming", frame.to_arrow())
-                con.execute(
-                    "INSERT INTO documents SELECT doc_id, asset, crawl_batch, url, domain, crawl, warc_path,"
-                    " warc_record_id, fetch_time, data_version FROM incoming"
-                )
+                con.register("incoming", incoming.to_arrow())
+                con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM incoming")
                 con.unregister("incoming")
             con.execute("COMMIT")
 
@@ -151,10 +160,16 @@ class LineageCatalog:
             self.record_batch(key, spec["crawl"], spec["files"])
         counts = {"crawl_batches": len(batches), "materializations": 0, "documents": 0}
         for manifest in store.iter_manifests():
-            documents = None
-            if manifest.files and set(DOCUMENT_COLUMNS) <= set(store.shard_schema(manifest)):
-                documents = pl.concat(list(store.iter_frames(manifest, DOCUMENT_COLUMNS)))
-                counts["documents"] += documents.height
-            self.record_materialization(manifest, documents)
+            documents = _table(store, manifest, "documents", DOCUMENT_COLUMNS)
+            removed = _table(store, manifest, "removed", REMOVED_COLUMNS)
+            counts["documents"] += 0 if documents is None else documents.height
+            self.record_materialization(manifest, documents, removed)
             counts["materializations"] += 1
         return counts
+
+
+def _table(store: ShardStore, manifest: Manifest, table: str, columns: list[str]) -> pl.DataFrame | None:
+    """A table's catalog columns, or None where the asset writes no such table (e.g. a model)."""
+    if table not in manifest.tables() or not set(columns) <= set(store.shard_schema(manifest, table)):
+        return None
+    return pl.concat(list(store.iter_frames(manifest, columns, table)))

@@ -24,6 +24,7 @@ import polars as pl
 
 MANIFEST_NAME = "_manifest.json"
 UNPARTITIONED = "__all__"
+DOCUMENTS = "documents"  # the table downstream stages read; others (e.g. "removed") sit beside it
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -41,6 +42,7 @@ class ShardInfo:
     rows: int
     bytes: int
     sha256: str
+    table: str = DOCUMENTS
 
 
 @dataclass
@@ -57,7 +59,13 @@ class Manifest:
 
     @property
     def rows(self) -> int:
-        return sum(f.rows for f in self.files)
+        return self.rows_of(DOCUMENTS)
+
+    def rows_of(self, table: str) -> int:
+        return sum(f.rows for f in self.files if f.table == table)
+
+    def tables(self) -> set[str]:
+        return {f.table for f in self.files}
 
     @property
     def bytes(self) -> int:
@@ -85,7 +93,7 @@ class Manifest:
 
 
 class ShardStore:
-    """An fsspec directory tree: `<root>/<asset>/<partition>/{part-*.parquet,_manifest.json}`."""
+    """An fsspec directory tree: `<root>/<asset>/<partition>/{part-*.parquet,removed-*.parquet,_manifest.json}`."""
 
     def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
         self.root = root.rstrip("/")
@@ -134,15 +142,18 @@ class ShardStore:
         return json.loads(self.read_bytes(path))
 
     # -- shards and manifests ----------------------------------------------------------
-    def write_parquet_shard(self, asset: str, partition: str | None, index: int, frame: pl.DataFrame) -> ShardInfo:
+    def write_parquet_shard(
+        self, asset: str, partition: str | None, index: int, frame: pl.DataFrame, table: str = DOCUMENTS
+    ) -> ShardInfo:
         """Content-addressed name, so identical content keeps an identical manifest."""
         buffer = io.BytesIO()
         frame.write_parquet(buffer, compression="zstd", compression_level=3, statistics=True)
         data = buffer.getvalue()
         digest = sha256_bytes(data)
-        name = f"part-{index:05d}-{digest[:16]}.parquet"
+        prefix = "part" if table == DOCUMENTS else table
+        name = f"{prefix}-{index:05d}-{digest[:16]}.parquet"
         self.write_bytes(posixpath.join(self.partition_dir(asset, partition), name), data)
-        return ShardInfo(path=name, rows=frame.height, bytes=len(data), sha256=digest)
+        return ShardInfo(path=name, rows=frame.height, bytes=len(data), sha256=digest, table=table)
 
     def commit(self, manifest: Manifest) -> Manifest:
         """Publish a partition: write its manifest, then drop shards no manifest names."""
@@ -168,22 +179,24 @@ class ShardStore:
         for path in sorted(self.fs.glob(pattern)):
             yield Manifest.from_json(self.read_bytes(path).decode())
 
-    def shard_paths(self, manifest: Manifest) -> list[str]:
+    def shard_paths(self, manifest: Manifest, table: str = DOCUMENTS) -> list[str]:
         directory = self.partition_dir(manifest.asset, manifest.partition)
-        return [posixpath.join(directory, f.path) for f in manifest.files]
+        return [posixpath.join(directory, f.path) for f in manifest.files if f.table == table]
 
     def read_shard(self, path: str, columns: list[str] | None = None) -> pl.DataFrame:
         with self.fs.open(path, "rb") as f:
             return pl.read_parquet(f, columns=columns)
 
-    def shard_schema(self, manifest: Manifest) -> list[str]:
-        """Column names of a partition's shards (all shards of a partition share one schema)."""
-        with self.fs.open(self.shard_paths(manifest)[0], "rb") as f:
+    def shard_schema(self, manifest: Manifest, table: str = DOCUMENTS) -> list[str]:
+        """Column names of a table's shards (all shards of a table share one schema)."""
+        with self.fs.open(self.shard_paths(manifest, table)[0], "rb") as f:
             return list(pl.read_parquet_schema(f))
 
-    def iter_frames(self, manifest: Manifest, columns: list[str] | None = None) -> Iterator[pl.DataFrame]:
+    def iter_frames(
+        self, manifest: Manifest, columns: list[str] | None = None, table: str = DOCUMENTS
+    ) -> Iterator[pl.DataFrame]:
         """One shard at a time, so memory stays bounded by the shard size."""
-        for path in self.shard_paths(manifest):
+        for path in self.shard_paths(manifest, table):
             yield self.read_shard(path, columns)
 
 
