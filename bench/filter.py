@@ -1,0 +1,371 @@
+"""Filtering benchmark: our language ID and heuristic rules against datatrove's, on the same documents.
+
+Why: the filtering stage promises FineWeb's rules (datatrove's thresholds, unchanged) at a
+fraction of the cost. This script checks both halves of that promise in one run:
+
+- it extracts documents from every WARC file in --data-dir with our ingest (Resiliparse),
+  once, and hands the very same texts to both sides (a JSONL file for the reference);
+- ours: `resources.language_id.LanguageIdentifier` (one batched lid.176 call) and each
+  rule of `resources.heuristics`, timed one rule at a time over all documents (each rule
+  tokenizes for itself, as datatrove's do), then the whole chain in FineWeb's order
+  (language -> Gopher repetition -> Gopher quality -> C4 -> FineWeb) through
+  `HeuristicFilter`, where rules share one tokenization per document;
+- datatrove's LanguageFilter, GopherRepetitionFilter, GopherQualityFilter, C4QualityFilter
+  and FineWebQualityFilter with their defaults, the same way, in the reference environment
+  (bench/_datatrove_filter.py).
+
+Both sides run one process on one core, one after the other; model loading is not timed.
+The table gives docs/s per rule and for the chain, the speed ratio, and how often the two
+keep/drop decisions agree, with the confusion counts; below it, whether the rule that
+failed was the same check, whether C4 left the same text, how our word counts compare with
+spaCy's, and a few disagreeing documents per rule with both sides' reasons.
+
+    .venv/bin/python bench/filter.py --reference-python .venv-bench/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import polars as pl  # noqa: E402
+
+from resources.heuristics import RULES, DocView, HeuristicFilter, HeuristicSettings, split_words  # noqa: E402
+from resources.ingest import ingest_files  # noqa: E402
+from resources.language_id import LanguageIdentifier, LanguageSettings  # noqa: E402
+from resources.settings import IngestSettings  # noqa: E402
+from resources.storage import ShardInfo  # noqa: E402
+
+DEFAULT_DATA_DIR = ROOT.parent / "shared" / "corpora" / "web-warc"
+DEFAULT_REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
+REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_datatrove_filter.py"
+STEPS = ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb")
+
+# datatrove's drop reasons, named as the check our detail starts with
+REASONS = {
+    "dup_para_frac": "dup_para_frac",
+    "dup_para_char_frac": "dup_para_char_frac",
+    "dup_line_frac": "dup_line_frac",
+    "dup_line_char_frac": "dup_line_char_frac",
+    **{f"top_{n}_gram": f"top_{n}_gram_char_frac" for n in range(1, 11)},
+    **{f"duplicated_{n}_n_grams": f"dup_{n}_gram_char_frac" for n in range(1, 11)},
+    "gopher_short_doc": "words<",
+    "gopher_long_doc": "words>",
+    "gopher_below_avg_threshold": "mean_word_length<",
+    "gopher_above_avg_threshold": "mean_word_length>",
+    "gopher_too_many_hashes": "hash_word_ratio",
+    "gopher_too_many_ellipsis": "ellipsis_word_ratio",
+    "gopher_too_many_bullets": "bullet_lines_ratio",
+    "gopher_too_many_end_ellipsis": "ellipsis_lines_ratio",
+    "gopher_below_alpha_threshold": "alpha_words_ratio",
+    "gopher_enough_stop_words": "stop_words",
+    "too_few_sentences": "sentences",
+    "char_dup_ratio": "char_dup_ratio",
+}
+
+
+def check_of(detail: str | None) -> str | None:
+    """The check a detail names: "dup_line_frac=0.41>0.3" -> "dup_line_frac"; word-count and
+    word-length bounds keep their direction ("words<"), as datatrove's reasons do."""
+    if detail is None:
+        return None
+    name = detail.split("=", 1)[0]
+    if name in ("words", "mean_word_length"):
+        return name + (">" if ">" in detail else "<")
+    return name
+
+
+@dataclass
+class Side:
+    """One system's decisions: per step, keep flags and reasons, and the best seconds."""
+
+    name: str
+    seconds: dict[str, float] = field(default_factory=dict)
+    keep: dict[str, list[bool]] = field(default_factory=dict)
+    reason: dict[str, list[str | None]] = field(default_factory=dict)
+    c4_text: list[str | None] = field(default_factory=list)
+    chain_failed: list[str | None] = field(default_factory=list)
+    chain_reason: list[str | None] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def extract(files: list[str], workers: int) -> pl.DataFrame:
+    """Documents as our ingest makes them (Resiliparse), kept in memory for both sides."""
+    frames: list[pl.DataFrame] = []
+
+    def keep_shard(index: int, frame: pl.DataFrame) -> ShardInfo:
+        frames.append(frame)
+        return ShardInfo(path=f"in-memory-{index}", rows=frame.height, bytes=0, sha256="")
+
+    settings = IngestSettings(extractor="resiliparse", workers=workers)
+    result = ingest_files(files, crawl_batch="bench", settings=settings, write_shard=keep_shard)
+    print(f"extracted {result.documents} documents in {result.seconds:.1f} s", file=sys.stderr)
+    return pl.concat(frames).select("doc_id", "url", "text")
+
+
+def _best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
+    best, out = float("inf"), None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = run()
+        best = min(best, time.perf_counter() - started)
+    return best, out
+
+
+def run_ours(texts: list[str], language: LanguageSettings, repeats: int) -> Side:
+    side = Side("ours")
+    identifier = LanguageIdentifier(language)
+    heuristics = HeuristicSettings()
+
+    def language_pass() -> tuple[list[str], list[float], list[bool]]:
+        labels, scores = identifier.predict(texts)
+        return labels, scores, [identifier.keep(lab, s) for lab, s in zip(labels, scores, strict=True)]
+
+    seconds, (labels, scores, keeps) = _best_of(repeats, language_pass)
+    side.seconds["language"], side.keep["language"] = seconds, keeps
+    side.reason["language"] = [None if k else f"{lab}:{s:.3f}" for lab, s, k in zip(labels, scores, keeps, strict=True)]
+    side.extra.update(language=labels, score=scores)
+
+    for name in STEPS[1:]:
+        rule = RULES[name](heuristics)
+
+        def rule_pass(rule: Callable[[DocView], Any] = rule) -> tuple[list[Any], list[str]]:
+            docs = [DocView(text) for text in texts]
+            return [rule(doc) for doc in docs], [doc.text for doc in docs]
+
+        seconds, (failures, after) = _best_of(repeats, rule_pass)
+        side.seconds[name] = seconds
+        side.keep[name] = [f is None for f in failures]
+        side.reason[name] = [f[1] if f else None for f in failures]
+        if name == "c4":
+            side.c4_text = [text if f is None else None for f, text in zip(failures, after, strict=True)]
+
+    chain = HeuristicFilter(heuristics)
+
+    def chain_pass() -> list[tuple[str | None, str | None]]:
+        labels, scores = identifier.predict(texts)
+        failed: list[tuple[str | None, str | None]] = []
+        for text, lab, score in zip(texts, labels, scores, strict=True):
+            if not identifier.keep(lab, score):
+                failed.append(("language", f"{lab}:{score:.3f}"))
+                continue
+            _, rule_name, detail = chain.apply(text)
+            failed.append((rule_name, detail or None))
+        return failed
+
+    side.seconds["chain"], failed = _best_of(repeats, chain_pass)
+    side.chain_failed = [f[0] for f in failed]
+    side.chain_reason = [f[1] for f in failed]
+    side.extra["words"] = [len(split_words(text)) for text in texts]
+    return side
+
+
+def run_reference(python: Path, documents: Path, language: LanguageSettings, model: Path, repeats: int) -> Side:
+    out = documents.with_name("datatrove-decisions.json")
+    command = [str(python), str(REFERENCE_SCRIPT), str(documents), "--out", str(out), "--lid-model", str(model)]
+    command += ["--languages", *language.languages, "--min-score", str(language.min_score), "--repeats", str(repeats)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"datatrove run failed (exit {done.returncode}):\n{tail}")
+    report = json.loads(out.read_text(encoding="utf-8"))
+    side = Side("datatrove")
+    for name, rule in report["rules"].items():
+        side.seconds[name], side.keep[name], side.reason[name] = rule["seconds"], rule["keep"], rule["reason"]
+    side.c4_text = report["rules"]["c4"]["text"]
+    side.seconds["chain"] = report["chain"]["seconds"]
+    side.chain_failed = [failed for failed, _ in report["chain"]["failed"]]
+    side.chain_reason = [reason for _, reason in report["chain"]["failed"]]
+    side.extra.update(
+        language=report["rules"]["language"]["language"],
+        score=report["rules"]["language"]["score"],
+        words=report["words"],
+        versions=report["versions"],
+    )
+    return side
+
+
+@dataclass
+class Agreement:
+    both_keep: int = 0
+    both_drop: int = 0
+    only_ours_drops: int = 0
+    only_datatrove_drops: int = 0
+    disagreeing: list[int] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return self.both_keep + self.both_drop + self.only_ours_drops + self.only_datatrove_drops
+
+    @property
+    def rate(self) -> float:
+        return (self.both_keep + self.both_drop) / self.total if self.total else float("nan")
+
+
+def agreement(ours: list[bool], theirs: list[bool]) -> Agreement:
+    result = Agreement()
+    for i, (mine, reference) in enumerate(zip(ours, theirs, strict=True)):
+        if mine and reference:
+            result.both_keep += 1
+        elif not mine and not reference:
+            result.both_drop += 1
+        else:
+            result.disagreeing.append(i)
+            if mine:
+                result.only_datatrove_drops += 1
+            else:
+                result.only_ours_drops += 1
+    return result
+
+
+def _same_check(ours: list[str | None], theirs: list[str | None], dropped_by_both: list[int]) -> str:
+    if not dropped_by_both:
+        return "-"
+    same = sum(check_of(ours[i]) == REASONS.get(theirs[i] or "", theirs[i]) for i in dropped_by_both)
+    return f"{same / len(dropped_by_both):.1%}"
+
+
+def table(ours: Side, reference: Side | None, n_docs: int) -> tuple[str, dict[str, Any]]:
+    header = (
+        f"{'rule':<18} {'ours docs/s':>11} {'datatrove':>10} {'speed-up':>8} {'agree':>7}"
+        f" {'keep/keep':>9} {'drop/drop':>9} {'only ours drops':>15} {'only dt drops':>13} {'same check':>10}"
+    )
+    lines, numbers = [header, "-" * len(header)], {}
+    for name in (*STEPS, "chain"):
+        mine = n_docs / ours.seconds[name]
+        if reference is None:
+            lines.append(f"{name:<18} {mine:>11.1f}")
+            numbers[name] = {"ours_docs_per_second": mine}
+            continue
+        theirs = n_docs / reference.seconds[name]
+        if name == "chain":
+            agree = agreement([f is None for f in ours.chain_failed], [f is None for f in reference.chain_failed])
+            both = [
+                i for i, (a, b) in enumerate(zip(ours.chain_failed, reference.chain_failed, strict=True)) if a and b
+            ]
+            same = f"{sum(ours.chain_failed[i] == reference.chain_failed[i] for i in both) / len(both):.1%}"
+        else:
+            agree = agreement(ours.keep[name], reference.keep[name])
+            both = [
+                i for i, (a, b) in enumerate(zip(ours.keep[name], reference.keep[name], strict=True)) if not (a or b)
+            ]
+            same = "-" if name == "language" else _same_check(ours.reason[name], reference.reason[name], both)
+        lines.append(
+            f"{name:<18} {mine:>11.1f} {theirs:>10.1f} {mine / theirs:>7.1f}x {agree.rate:>7.1%}"
+            f" {agree.both_keep:>9} {agree.both_drop:>9} {agree.only_ours_drops:>15} {agree.only_datatrove_drops:>13}"
+            f" {same:>10}"
+        )
+        numbers[name] = {
+            "ours_docs_per_second": mine,
+            "datatrove_docs_per_second": theirs,
+            "speed_up": mine / theirs,
+            "agreement": agree.rate,
+            "both_keep": agree.both_keep,
+            "both_drop": agree.both_drop,
+            "only_ours_drops": agree.only_ours_drops,
+            "only_datatrove_drops": agree.only_datatrove_drops,
+            "same_check_when_both_drop": same,
+        }
+    return "\n".join(lines), numbers
+
+
+def details(ours: Side, reference: Side, frame: pl.DataFrame, examples: int) -> tuple[str, dict[str, Any]]:
+    """The finer comparisons: labels and scores, C4's output text, word counts, examples."""
+    lines: list[str] = []
+    same_label = sum(a == b for a, b in zip(ours.extra["language"], reference.extra["language"], strict=True))
+    score_gap = max(abs(a - b) for a, b in zip(ours.extra["score"], reference.extra["score"], strict=True))
+    lines.append(f"language: same top label {same_label}/{frame.height}, largest score difference {score_gap:.2g}")
+    kept_by_both = [i for i, (a, b) in enumerate(zip(ours.c4_text, reference.c4_text, strict=True)) if a and b]
+    same_text = sum(ours.c4_text[i] == reference.c4_text[i] for i in kept_by_both)
+    lines.append(f"c4: identical text after line filtering in {same_text}/{len(kept_by_both)} documents both keep")
+    gaps = [abs(a - b) / max(b, 1) for a, b in zip(ours.extra["words"], reference.extra["words"], strict=True)]
+    exact = sum(a == b for a, b in zip(ours.extra["words"], reference.extra["words"], strict=True))
+    median, p95 = statistics.median(gaps), statistics.quantiles(gaps, n=20)[-1]
+    lines.append(
+        f"words vs spaCy: same count in {exact}/{len(gaps)} documents; relative difference median "
+        f"{median:.2%}, 95th percentile {p95:.2%}, max {max(gaps):.2%}"
+    )
+    urls, disagreements = frame["url"].to_list(), {}
+    for name in STEPS:
+        rows = agreement(ours.keep[name], reference.keep[name]).disagreeing
+        disagreements[name] = [
+            {"url": urls[i], "ours": ours.reason[name][i], "datatrove": reference.reason[name][i]} for i in rows
+        ]
+        for row in disagreements[name][:examples]:
+            lines.append(
+                f"  {name}: ours {row['ours'] or 'keep'} | datatrove {row['datatrove'] or 'keep'} | {row['url']}"
+            )
+    numbers = {
+        "same_language_label": same_label,
+        "max_language_score_difference": score_gap,
+        "c4_same_text": [same_text, len(kept_by_both)],
+        "word_count_exact": exact,
+        "word_count_relative_difference": {"median": median, "p95": p95, "max": max(gaps)},
+        "disagreements": disagreements,
+    }
+    return "\n".join(lines), numbers
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="directory of *.warc.gz")
+    parser.add_argument("--reference-python", type=Path, default=DEFAULT_REFERENCE_PYTHON)
+    parser.add_argument("--languages", nargs="+", default=LanguageSettings().languages)
+    parser.add_argument("--min-score", type=float, default=LanguageSettings().min_score)
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per step and side; the best counts")
+    parser.add_argument("--examples", type=int, default=3, help="disagreeing documents shown per rule")
+    parser.add_argument("--json", type=Path, help="write every number (and every disagreement) here")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    files = sorted(str(p.resolve()) for p in args.data_dir.glob("*.warc.gz"))
+    if not files:
+        sys.exit(f"no WARC files in {args.data_dir}")
+    frame = extract(files, os.cpu_count() or 1)
+    texts = frame["text"].to_list()
+    language = LanguageSettings(languages=args.languages, min_score=args.min_score)
+    ours = run_ours(texts, language, args.repeats)
+    reference = None
+    if args.reference_python.is_file():
+        with tempfile.TemporaryDirectory(prefix="filter-bench-") as scratch:
+            documents = Path(scratch) / "documents.jsonl"
+            with documents.open("w", encoding="utf-8") as out:
+                for doc_id, text in zip(frame["doc_id"], texts, strict=True):
+                    out.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+            model = LanguageIdentifier(language).model_path
+            reference = run_reference(args.reference_python, documents, language, model, args.repeats)
+    else:
+        print(f"reference python {args.reference_python} not found: timing ours only", file=sys.stderr)
+    print(
+        f"{frame.height} documents from {len(files)} WARC files; one core per side; languages "
+        f"{' '.join(language.languages)} at score >= {language.min_score}"
+    )
+    text, numbers = table(ours, reference, frame.height)
+    print(text)
+    report: dict[str, Any] = {"documents": frame.height, "files": files, "steps": numbers}
+    if reference is not None:
+        text, report["details"] = details(ours, reference, frame, args.examples)
+        print(text)
+        report["datatrove_versions"] = reference.extra["versions"]
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
