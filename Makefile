@@ -45,6 +45,7 @@ $(BENCH_VENV)/.installed: bench/requirements-reference.txt
 
 bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/ingest.py --reference-python $(BENCH_VENV)/bin/python
+	$(PY) bench/filter.py --reference-python $(BENCH_VENV)/bin/python
 
 clean:
 	rm -rf .data .dagster_home

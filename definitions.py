@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.dedup import build_deduplicated_documents
+from assets.filtering import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
-from assets.reports import crawl_summary
+from assets.reports import crawl_summary, decontamination_report
 from jobs.ingest import ingest_job
 from jobs.sensors import build_crawl_sensor
 from resources.dagster_resources import CatalogResource, StorageResource
@@ -14,7 +16,15 @@ from resources.settings import Settings, load_settings
 
 def build_definitions(settings: Settings) -> dg.Definitions:
     return dg.Definitions(
-        assets=[build_raw_documents(settings.ingest, settings.source.storage_options), crawl_summary],
+        assets=[
+            build_raw_documents(settings.ingest, settings.source.storage_options),
+            build_filtered_documents(settings.filter, settings.decontamination),
+            build_quality_classifier(settings.quality),
+            build_scored_documents(settings.quality),
+            build_deduplicated_documents(settings.dedup),
+            crawl_summary,
+            decontamination_report,
+        ],
         jobs=[ingest_job],
         sensors=[build_crawl_sensor(settings.source, ingest_job)],
         resources={

@@ -41,6 +41,11 @@ def build_filtered_documents(settings: FilterSettings, decontamination: Decontam
         "files": _file_hashes([language_model, *decontamination.eval_sets.values()]),
     }
     version = code_version(FILTER_LOGIC, shaping)
+    # Built when the code location loads, so an unknown language code or a missing eval set is
+    # an error there, not deep inside a run.
+    engine = DocumentFilter(
+        LanguageIdentifier(settings.language), HeuristicFilter(settings.heuristics), Decontaminator(decontamination)
+    )
 
     @dg.asset(
         name=FILTERED,
@@ -56,9 +61,6 @@ def build_filtered_documents(settings: FilterSettings, decontamination: Decontam
     def filtered_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        engine = DocumentFilter(
-            LanguageIdentifier(settings.language), HeuristicFilter(settings.heuristics), Decontaminator(decontamination)
-        )
         store = storage.store()
         output = run_partition_stage(
             store,
@@ -98,9 +100,13 @@ def build_quality_classifier(settings: QualityStageSettings) -> dg.AssetsDefinit
     def quality_classifier(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         store = storage.store()
         manifest = Manifest(
-            asset=QUALITY_CLASSIFIER, partition=UNPARTITIONED, files=[], config_hash=config_hash(shaping), code_version=version
+            asset=QUALITY_CLASSIFIER,
+            partition=UNPARTITIONED,
+            files=[],
+            config_hash=config_hash(shaping),
+            code_version=version,
+            run_id=context.run_id,
         )
-        manifest.run_id = context.run_id
         with tempfile.TemporaryDirectory() as workdir:
             if classifier.mode == "load":
                 loaded = QualityClassifier.load(classifier.model_path, positive_label=classifier.positive_label)

@@ -42,3 +42,35 @@ def _markdown(rows: list[tuple], columns: list[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+_DECONTAMINATION_SQL = """
+SELECT split_part(detail, ':', 1) AS eval_set, crawl_batch, count(*) AS removed,
+       sum(CAST(split_part(detail, ':', 2) AS BIGINT)) AS matched_ngrams
+FROM removed WHERE rule = 'decontamination' GROUP BY ALL ORDER BY eval_set, crawl_batch
+"""
+
+
+@dg.asset(
+    deps=["filtered_documents"],
+    group_name="reports",
+    code_version="1",
+    kinds={"duckdb"},
+    description="Which evaluation set each decontamination removal matched, per crawl batch.",
+)
+def decontamination_report(catalog: CatalogResource) -> dg.MaterializeResult:
+    lineage = catalog.catalog()
+    by_set = lineage.query(_DECONTAMINATION_SQL)
+    examples = lineage.query(
+        "SELECT split_part(detail, ':', 1) AS eval_set, url, doc_id, crawl_batch,"
+        " CAST(split_part(detail, ':', 2) AS BIGINT) AS matched_ngrams FROM removed"
+        " WHERE rule = 'decontamination' ORDER BY matched_ngrams DESC, url LIMIT 50"
+    )
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(stable_hash(examples.rows() + by_set.rows())[:32]),
+        metadata={
+            "removed": int(by_set.get_column("removed").sum() or 0),
+            "by_eval_set": dg.MetadataValue.md(_markdown(by_set.rows(), by_set.columns)),
+            "documents": dg.MetadataValue.md(_markdown(examples.rows(), examples.columns)),
+        },
+    )

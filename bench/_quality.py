@@ -61,10 +61,12 @@ class Quality:
 
 
 def load_evaldata(path: Path) -> dict[str, dict[str, list[str]]]:
-    """URL -> {"with": [...], "without": [...]}, snippets already whitespace-normalized."""
+    """URL -> {"with": [...], "without": [...]}, snippets already whitespace-normalized.
+
+    Some keys carry a trailing space that the WARC-Target-URI of their record does not."""
     raw = json.loads(path.read_text(encoding="utf-8"))
     return {
-        url: {key: [normalize(s) for s in entry.get(key, []) if normalize(s)] for key in ("with", "without")}
+        url.strip(): {key: [normalize(s) for s in entry.get(key, []) if normalize(s)] for key in ("with", "without")}
         for url, entry in raw.items()
     }
 

@@ -11,8 +11,12 @@ import time
 from collections.abc import Sequence
 
 import dagster as dg
+import polars as pl
+from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+from dagster._core.loader import LoadingContextForTest
 
 from definitions import build_definitions
+from jobs.partitions import crawl_batches
 from resources.catalog import LineageCatalog
 from resources.settings import Settings, load_settings
 
@@ -41,22 +45,52 @@ def materialize(
     return dg.materialize(assets, instance=instance, resources=defs.resources, partition_key=partition_key)
 
 
+# Stage by stage, so that corpus-wide assets see every crawl batch and deduplication sees the
+# batches in registration order (first seen wins).
+STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
+    ("raw_documents", True),
+    ("filtered_documents", True),
+    ("quality_classifier", False),
+    ("scored_documents", True),
+    ("deduplicated_documents", True),
+    ("crawl_summary", False),
+    ("decontamination_report", False),
+]
+
+
+def needs_run(defs: dg.Definitions, instance: dg.DagsterInstance, asset: str, partition: str | None) -> bool:
+    """Missing or stale, as the UI shows it: fresh partitions are never recomputed."""
+    resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
+    return resolver.get_status(dg.AssetKey(asset), partition) != StaleStatus.FRESH
+
+
+def materialize_stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[tuple[str, str | None]]:
+    done = []
+    for asset, partitioned in STAGES:
+        keys = instance.get_dynamic_partitions(crawl_batches.name) if partitioned else [None]
+        for key in keys:
+            if needs_run(defs, instance, asset, key):
+                materialize(defs, instance, [asset], key)
+                done.append((asset, key))
+    return done
+
+
 def run(settings: Settings, instance: dg.DagsterInstance) -> None:
     defs = build_definitions(settings)
     started = time.perf_counter()
     tick = tick_sensor(defs, instance)
-    keys = [request.partition_key for request in tick.run_requests or []]
-    print(f"crawl sensor: {len(keys)} new crawl batches from {settings.source.url}")
-    for key in keys:
-        materialize(defs, instance, ["raw_documents"], key)
-    materialize(defs, instance, ["crawl_summary"])
+    print(f"crawl sensor: {len(tick.run_requests or [])} new crawl batches from {settings.source.url}")
+    done = materialize_stale(defs, instance)
+    print(f"materialized {len(done)} stale or missing asset partitions in {time.perf_counter() - started:.1f} s")
     catalog = LineageCatalog(settings.catalog.path)
-    table = catalog.query(
-        "SELECT m.crawl_batch, m.rows AS documents, m.data_version FROM materializations m"
-        " WHERE m.asset = 'raw_documents' ORDER BY m.crawl_batch"
-    )
-    print(table)
-    print(f"documents: {table.get_column('documents').sum()} in {time.perf_counter() - started:.1f} s")
+    with pl.Config(tbl_rows=100, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
+        print(
+            catalog.query(
+                "SELECT asset, count(*) AS crawl_batches, CAST(sum(rows) AS BIGINT) AS documents FROM materializations"
+                " WHERE asset LIKE '%documents' GROUP BY asset ORDER BY min(created_at)"
+            )
+        )
+        print(catalog.query("SELECT stage, rule, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"))
     print(f"shards and manifests: {settings.storage.root}")
     print(f"lineage catalog (DuckDB): {settings.catalog.path}")
     print("browse it: make ui  ->  http://127.0.0.1:3000")

@@ -115,10 +115,11 @@ class LineageCatalog:
                 ],
             )
             con.execute("DELETE FROM shards WHERE asset = ? AND crawl_batch = ?", key)
-            con.executemany(
-                "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [[*key, f.table, f.path, f.rows, f.bytes, f.sha256, manifest.data_version] for f in manifest.files],
-            )
+            if manifest.files:
+                con.executemany(
+                    "INSERT INTO shards VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [[*key, f.table, f.path, f.rows, f.bytes, f.sha256, manifest.data_version] for f in manifest.files],
+                )
             for table, frame, columns in (
                 ("documents", documents, DOCUMENT_COLUMNS),
                 ("removed", removed, REMOVED_COLUMNS),

@@ -41,7 +41,8 @@ class Extracted:
 
 def doc_id_of(text: str) -> str:
     """Hash of the normalized text: stable across runs, crawls and extractors' whitespace."""
-    normalized = " ".join(unicodedata.normalize("NFKC", text).casefold().split())
+    folded = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
+    normalized = " ".join(folded.split())
     return hashlib.blake2b(normalized.encode(), digest_size=16).hexdigest()
 
 
@@ -143,6 +144,8 @@ def extract_one(payload: bytes, charset: str | None, record_type: str, url: str,
                 text = EXTRACTORS[options.extractor](text, url)
         except ExtractTimeout:
             return Extracted(skip="extract_timeout")
+        except ImportError:  # a broken install is everyone's problem: fail loudly, not page by page
+            raise
         except Exception:  # a page the extractor cannot parse is that page's problem only
             return Extracted(skip="extract_error")
     text = text.strip()

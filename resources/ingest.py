@@ -9,20 +9,23 @@ batches in flight, never by the size of the crawl.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from multiprocessing import get_context
+from multiprocessing.context import BaseContext
+from typing import Literal
 from urllib.parse import urlsplit
 
 import fsspec
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 from resources.crawl_reader import RawPage, ReadStats, crawl_of, iter_pages
 from resources.html_extract import Extracted, ExtractOptions, extract_batch
-from resources.settings import IngestSettings
 from resources.storage import ShardInfo
 
 DOCUMENT_SCHEMA: dict[str, pl.DataType] = {
@@ -41,6 +44,26 @@ DOCUMENT_SCHEMA: dict[str, pl.DataType] = {
     "source_bytes": pl.Int64(),
     "capped": pl.Boolean(),
 }
+class IngestSettings(BaseModel):
+    """Defined here, not in resources.settings, so that extraction workers, which re-import the
+    caller's main module when spawned, do not drag every other stage's imports along."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
+    max_record_bytes: int = Field(default=5_000_000, ge=1024)
+    min_text_chars: int = Field(default=1, ge=1)
+    max_replacement_ratio: float = Field(default=0.02, ge=0, le=1)
+    html_content_types: list[str] = Field(default_factory=lambda: ["text/html", "application/xhtml+xml"])
+    shard_rows: int = Field(default=20_000, ge=1)
+    workers: int = Field(default=0, ge=0, description="extraction processes; 0 = one per core")
+    doc_timeout_s: float = Field(default=20.0, gt=0)
+
+    def output_shaping(self) -> dict[str, object]:
+        """The settings whose change alters the documents written (not how fast)."""
+        return self.model_dump(exclude={"workers", "doc_timeout_s"})
+
+
 PROVENANCE_COLUMNS = ("doc_id", "url", "domain", "crawl", "warc_path", "warc_record_id", "fetch_time")
 
 _BATCH_PAGES = 32
@@ -169,7 +192,7 @@ def _extract(pages: Iterator[RawPage], options: ExtractOptions, workers: int) ->
             yield from zip(batch, extract_batch(payloads(batch), options), strict=True)
         return
     in_flight: deque[tuple[list[RawPage], Future[list[Extracted]]]] = deque()
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         for batch in _batches(pages):
             in_flight.append((batch, pool.submit(extract_batch, payloads(batch), options)))
             if len(in_flight) >= 2 * workers:
@@ -178,6 +201,13 @@ def _extract(pages: Iterator[RawPage], options: ExtractOptions, workers: int) ->
         while in_flight:
             done, future = in_flight.popleft()
             yield from zip(done, future.result(), strict=True)
+
+
+def _pool_context() -> BaseContext:
+    """fork when this process runs a single thread (a script, a benchmark): workers start in
+    milliseconds. Otherwise (a Dagster step has threads) spawn, because forking a threaded
+    process can copy a lock some other thread holds."""
+    return get_context("fork" if threading.active_count() == 1 else "spawn")
 
 
 def _row(page: RawPage, result: Extracted, crawl_batch: str, crawl: str | None) -> dict[str, object]:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
+
+from resources.decontamination import DecontaminationSettings
+from resources.dedup import DedupSettings
+from resources.heuristics import HeuristicSettings
+from resources.ingest import IngestSettings
+from resources.language_id import LanguageSettings
+from resources.quality_classifier import QualitySettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -46,19 +52,32 @@ class SourceSettings(_Section):
     storage_options: dict[str, object] = Field(default_factory=dict)
 
 
-class IngestSettings(_Section):
-    extractor: Literal["resiliparse", "trafilatura"] = "resiliparse"
-    max_record_bytes: int = Field(default=5_000_000, ge=1024)
-    min_text_chars: int = Field(default=1, ge=1)
-    max_replacement_ratio: float = Field(default=0.02, ge=0, le=1)
-    html_content_types: list[str] = Field(default_factory=lambda: ["text/html", "application/xhtml+xml"])
-    shard_rows: int = Field(default=20_000, ge=1)
-    workers: int = Field(default=0, ge=0, description="extraction processes; 0 = one per core")
-    doc_timeout_s: float = Field(default=20.0, gt=0)
+class FilterSettings(_Section):
+    language: LanguageSettings = Field(default_factory=LanguageSettings)
+    heuristics: HeuristicSettings = Field(default_factory=HeuristicSettings)
+    keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
 
-    def output_shaping(self) -> dict[str, object]:
-        """The settings whose change alters the documents written (not how fast)."""
-        return self.model_dump(exclude={"workers", "doc_timeout_s"})
+
+def _default_quality() -> QualitySettings:
+    return QualitySettings(reference_files=["data/reference/wikitext2_reference.txt"], keep_top_fraction=0.8)
+
+
+def _default_decontamination() -> DecontaminationSettings:
+    return DecontaminationSettings(eval_sets={"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"})
+
+
+class QualityStageSettings(_Section):
+    classifier: QualitySettings = Field(default_factory=_default_quality)
+    negatives_per_partition: int = Field(default=5_000, ge=1, description="crawl documents sampled as negatives")
+    keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
+
+
+class DedupStageSettings(_Section):
+    near: DedupSettings = Field(default_factory=DedupSettings)
+    keep_rate_bounds: tuple[float, float] = (0.3, 1.0)
+    # A batch waits (retried) while a batch registered before it is still being deduplicated.
+    wait_retries: int = Field(default=20, ge=0)
+    wait_seconds: float = Field(default=30.0, ge=0)
 
 
 class Settings(_Section):
@@ -66,11 +85,37 @@ class Settings(_Section):
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     source: SourceSettings = Field(default_factory=SourceSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    filter: FilterSettings = Field(default_factory=FilterSettings)
+    decontamination: DecontaminationSettings = Field(default_factory=_default_decontamination)
+    quality: QualityStageSettings = Field(default_factory=QualityStageSettings)
+    dedup: DedupStageSettings = Field(default_factory=DedupStageSettings)
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""
+        classifier = self.quality.classifier
+        language = self.filter.language
         return self.model_copy(
             update={
+                "filter": self.filter.model_copy(
+                    update={
+                        "language": language.model_copy(
+                            update={"model_path": language.model_path and _absolute(language.model_path, base)}
+                        )
+                    }
+                ),
+                "decontamination": self.decontamination.model_copy(
+                    update={"eval_sets": {k: _absolute(v, base) for k, v in self.decontamination.eval_sets.items()}}
+                ),
+                "quality": self.quality.model_copy(
+                    update={
+                        "classifier": classifier.model_copy(
+                            update={
+                                "reference_files": [_absolute(f, base) for f in classifier.reference_files],
+                                "model_path": classifier.model_path and _absolute(classifier.model_path, base),
+                            }
+                        )
+                    }
+                ),
                 "storage": self.storage.model_copy(update={"root": _absolute(self.storage.root, base)}),
                 "catalog": self.catalog.model_copy(update={"path": _absolute(self.catalog.path, base)}),
                 "source": self.source.model_copy(

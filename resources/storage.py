@@ -192,6 +192,15 @@ class ShardStore:
         with self.fs.open(self.shard_paths(manifest, table)[0], "rb") as f:
             return list(pl.read_parquet_schema(f))
 
+    def scan(self, manifest: Manifest, table: str = DOCUMENTS) -> pl.LazyFrame:
+        """A lazy scan of a table: filters run inside the Parquet reader on local storage; on an
+        object store the shards are read whole (polars' own S3 client does not share fsspec's
+        settings), one table at a time."""
+        paths = self.shard_paths(manifest, table)
+        if self._is_local:
+            return pl.scan_parquet(paths) if paths else pl.LazyFrame()
+        return pl.concat([self.read_shard(path) for path in paths]).lazy() if paths else pl.LazyFrame()
+
     def iter_frames(
         self, manifest: Manifest, columns: list[str] | None = None, table: str = DOCUMENTS
     ) -> Iterator[pl.DataFrame]:

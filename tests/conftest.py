@@ -39,7 +39,7 @@ def make_settings(tmp_path: Path, crawl_dir: Path, **ingest: object) -> Settings
             "source": {"url": str(crawl_dir), "files_per_partition": 2},
             "ingest": {"workers": 1, **ingest},
         }
-    )
+    ).resolved()
 
 
 @pytest.fixture
