@@ -91,7 +91,8 @@ def test_sensor_and_daemon_ingest_new_crawl_files(tmp_path: Path, crawl_dir: Pat
                 if len(keys) < 2:
                     return False
                 done = instance.get_materialized_partitions(dg.AssetKey("raw_documents"))
-                return set(keys) <= done
+                finished = all(run.is_finished for run in instance.get_runs())
+                return set(keys) <= done and finished
 
             _wait(ingested, 300, "the sensor's runs to ingest every batch", process, log)
             runs = instance.get_runs()
