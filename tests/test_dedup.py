@@ -321,12 +321,18 @@ def test_shingles_are_the_word_ngrams_of_each_document() -> None:
         assert hashes[start:stop].tolist() == alone.tolist() and len(ends) == len(windows) + 1
 
 
-def test_worker_pool_gives_the_same_result() -> None:
+def test_helper_processes_give_the_same_result() -> None:
     texts = make_texts(400, seed=19)
-    frame = documents(texts + [edit(t, 0.05, seed=i) for i, t in enumerate(texts[:50])])
-    results = []
-    for workers in (1, 2):
-        with NearDedup(DedupSettings(workers=workers, batch_bytes=64 << 10)) as dedup:
-            results.append(dedup.dedup_partition([frame.slice(0, 200), frame.slice(200)], []))
-    assert results[0].removed.equals(results[1].removed) and results[0].removed.height == 50
-    assert results[0].segment.to_frame().equals(results[1].segment.to_frame())
+    shards = [
+        documents(texts[:200]),
+        documents(texts[200:] + [edit(t, 0.05, seed=i) for i, t in enumerate(texts[:50])]),
+    ]
+    settings = DedupSettings(workers=1, batch_bytes=32 << 10)
+    with NearDedup(settings) as alone:
+        expected = alone.dedup_partition(shards, [])
+    with NearDedup(settings.model_copy(update={"workers": 2})) as pooled:
+        pooled.dedup_partition(shards, [])  # starts the helper; it takes batches once it is up
+        pooled._sketcher._ready.result(timeout=60)
+        result = pooled.dedup_partition(shards, [])
+    assert result.removed.equals(expected.removed) and expected.removed.height == 50
+    assert result.segment.to_frame().equals(expected.segment.to_frame())
