@@ -121,7 +121,7 @@ def _time_limit(seconds: float):
 
 
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_CONTROL_SAMPLE = 65_536
+_CONTROL_SAMPLE = 8_192
 
 
 def _undecodable(text: str, ratio: float) -> bool:
