@@ -42,7 +42,13 @@ def materialize(
     """Materialize the named assets of `defs` in-process, recorded in `instance`."""
     wanted = set(names)
     assets = [a for a in defs.assets or [] if {k.to_user_string() for k in a.keys} & wanted]
-    return dg.materialize(assets, instance=instance, resources=defs.resources, partition_key=partition_key)
+    return dg.materialize(
+        assets,
+        instance=instance,
+        resources=defs.resources,
+        partition_key=partition_key,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # the UI keeps every event
+    )
 
 
 # Stage by stage, so that corpus-wide assets see every crawl batch and deduplication sees the
