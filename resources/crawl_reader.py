@@ -132,37 +132,28 @@ def _to_page(
         return None
     if capped:
         stats.skips["capped_payload"] += 1  # counted, but the capped page is still used
-    if record.record_type == WarcRecordType.conversion:
-        return RawPage(
-            url=url,
-            warc_path=warc_path,
-            warc_record_id=headers.get("WARC-Record-ID") or "",
-            fetch_time=_record_date(record),
-            record_type="conversion",
-            content_type="text/plain",
-            charset="utf-8",
-            payload=payload,
-            capped=capped,
-        )
-    http = record.http_headers
-    if http is None:
-        stats.skips["no_http_headers"] += 1
-        return None
-    if not 200 <= (http.status_code or 0) < 300:
-        stats.skips["http_status"] += 1
-        return None
-    content_type = (record.http_content_type or "").lower()
-    if content_type not in html_content_types:
-        stats.skips["non_html_content_type"] += 1
-        return None
+    if record.record_type == WarcRecordType.conversion:  # WET: the text is already extracted
+        kind, content_type, charset = "conversion", "text/plain", "utf-8"
+    else:
+        http = record.http_headers
+        if http is None:
+            stats.skips["no_http_headers"] += 1
+            return None
+        if not 200 <= (http.status_code or 0) < 300:
+            stats.skips["http_status"] += 1
+            return None
+        kind, content_type, charset = "response", (record.http_content_type or "").lower(), record.http_charset
+        if content_type not in html_content_types:
+            stats.skips["non_html_content_type"] += 1
+            return None
     return RawPage(
         url=url,
         warc_path=warc_path,
         warc_record_id=headers.get("WARC-Record-ID") or "",
         fetch_time=_record_date(record),
-        record_type="response",
+        record_type=kind,
         content_type=content_type,
-        charset=record.http_charset,
+        charset=charset,
         payload=payload,
         capped=capped,
     )
