@@ -8,6 +8,8 @@ from assets.dedup import build_deduplicated_documents
 from assets.filtering import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report
+from assets.tokenization import build_token_shards, build_tokenizer
+from assets.training import build_checkpoint
 from jobs.ingest import ingest_job
 from jobs.sensors import build_crawl_sensor
 from resources.dagster_resources import CatalogResource, StorageResource
@@ -22,6 +24,9 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_quality_classifier(settings.quality),
             build_scored_documents(settings.quality),
             build_deduplicated_documents(settings.dedup),
+            build_tokenizer(settings.tokenizer, settings.retrain_tokenizer_on_new_data),
+            build_token_shards(settings.token_shards),
+            build_checkpoint(settings.training),
             crawl_summary,
             decontamination_report,
         ],

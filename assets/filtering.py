@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from assets.ingest import RAW_DOCUMENTS
-from assets.stage_results import stage_check_specs, stage_result
+from assets.stage_results import reuse_trained, stage_check_specs, stage_result
 from jobs.partitions import crawl_batches
 from resources.dagster_resources import CatalogResource, StorageResource
 from resources.decontamination import DecontaminationSettings, Decontaminator
@@ -82,6 +82,7 @@ def build_quality_classifier(settings: QualityStageSettings) -> dg.AssetsDefinit
     shaping = {
         "classifier": classifier.model_dump(exclude={"keep_threshold", "keep_top_fraction"}),
         "negatives_per_partition": settings.negatives_per_partition,
+        "retrain_on_new_data": settings.retrain_on_new_data,
         "files": _file_hashes(
             [*classifier.reference_files, *([classifier.model_path] if classifier.model_path else [])]
         ),
@@ -99,6 +100,9 @@ def build_quality_classifier(settings: QualityStageSettings) -> dg.AssetsDefinit
     )
     def quality_classifier(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         store = storage.store()
+        reused = None if settings.retrain_on_new_data else reuse_trained(store, QUALITY_CLASSIFIER, version)
+        if reused is not None:
+            return reused
         manifest = Manifest(
             asset=QUALITY_CLASSIFIER,
             partition=UNPARTITIONED,

@@ -64,6 +64,18 @@ def stage_result(
     )
 
 
+def reuse_trained(store: ShardStore, asset: str, code_version: str) -> dg.MaterializeResult | None:
+    """A model trained on the corpus (tokenizer, quality classifier) is kept when only new crawl
+    batches arrived: the same data version, so nothing it feeds goes stale and a new batch is
+    processed alone. Changed settings (a new code version) train it again."""
+    previous = store.read_manifest(asset, None)
+    if previous is None or previous.code_version != code_version:
+        return None
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(previous.data_version), metadata={**previous.stats, "reused": True}
+    )
+
+
 def _concat(frames) -> pl.DataFrame | None:
     frames = list(frames)
     return pl.concat(frames) if frames else None

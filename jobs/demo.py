@@ -59,6 +59,9 @@ STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
     ("quality_classifier", False),
     ("scored_documents", True),
     ("deduplicated_documents", True),
+    ("tokenizer", False),
+    ("token_shards", True),
+    ("checkpoint", False),
     ("crawl_summary", False),
     ("decontamination_report", False),
 ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -19,6 +20,8 @@ from resources.heuristics import HeuristicSettings
 from resources.ingest import IngestSettings
 from resources.language_id import LanguageSettings
 from resources.quality_classifier import QualitySettings
+from resources.token_shards import TokenShardSettings
+from resources.tokenizer import TokenizerSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -69,6 +72,9 @@ def _default_decontamination() -> DecontaminationSettings:
 class QualityStageSettings(_Section):
     classifier: QualitySettings = Field(default_factory=_default_quality)
     negatives_per_partition: int = Field(default=5_000, ge=1, description="crawl documents sampled as negatives")
+    retrain_on_new_data: bool = Field(
+        default=False, description="off: trained once; new crawl batches are scored by the same model"
+    )
     keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
 
 
@@ -80,6 +86,26 @@ class DedupStageSettings(_Section):
     wait_seconds: float = Field(default=30.0, ge=0)
 
 
+class TrainingSettings(_Section):
+    """The training run (resources.trainer.TrainConfig, less what comes from the data)."""
+
+    preset: str = "tiny"
+    seq_len: int = Field(default=128, ge=8)
+    micro_batch_size: int = Field(default=8, ge=1)
+    grad_accum_steps: int = Field(default=1, ge=1)
+    max_steps: int = Field(default=60, ge=1)
+    lr: float = Field(default=3e-3, gt=0)
+    warmup_steps: int = Field(default=10, ge=0)
+    schedule: Literal["cosine", "wsd"] = "cosine"
+    seed: int = 0
+    device: str = "auto"
+    compile: bool = False
+    checkpoint_every: int = Field(default=20, ge=1)
+    log_every: int = Field(default=10, ge=1)
+    continue_training: bool = Field(default=False, description="start from the previous generation's weights")
+    replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="with continue_training: share of old data")
+
+
 class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
@@ -89,6 +115,12 @@ class Settings(_Section):
     decontamination: DecontaminationSettings = Field(default_factory=_default_decontamination)
     quality: QualityStageSettings = Field(default_factory=QualityStageSettings)
     dedup: DedupStageSettings = Field(default_factory=DedupStageSettings)
+    tokenizer: TokenizerSettings = Field(default_factory=TokenizerSettings)
+    retrain_tokenizer_on_new_data: bool = Field(
+        default=False, description="off: the tokenizer is trained once, new crawl batches do not change it"
+    )
+    token_shards: TokenShardSettings = Field(default_factory=TokenShardSettings)
+    training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""
@@ -115,6 +147,9 @@ class Settings(_Section):
                             }
                         )
                     }
+                ),
+                "tokenizer": self.tokenizer.model_copy(
+                    update={"path": self.tokenizer.path and _absolute(self.tokenizer.path, base)}
                 ),
                 "storage": self.storage.model_copy(update={"root": _absolute(self.storage.root, base)}),
                 "catalog": self.catalog.model_copy(update={"path": _absolute(self.catalog.path, base)}),

@@ -102,6 +102,10 @@ class ShardStore:
         if self._is_local:
             self.fs.makedirs(self._root_path, exist_ok=True)
 
+    @property
+    def is_local(self) -> bool:
+        return self._is_local
+
     # -- paths -------------------------------------------------------------------------
     def path(self, *parts: str) -> str:
         return posixpath.join(self._root_path, *parts)
@@ -155,17 +159,20 @@ class ShardStore:
         self.write_bytes(posixpath.join(self.partition_dir(asset, partition), name), data)
         return ShardInfo(path=name, rows=frame.height, bytes=len(data), sha256=digest, table=table)
 
-    def commit(self, manifest: Manifest) -> Manifest:
-        """Publish a partition: write its manifest, then drop shards no manifest names."""
+    def commit(self, manifest: Manifest, collect: bool = True) -> Manifest:
+        """Publish a partition: write its manifest, then (unless `collect` is off, for assets that
+        keep a history, like checkpoints) drop shards no manifest names."""
         manifest.created_at = manifest.created_at or datetime.now(UTC).isoformat()
         directory = self.partition_dir(manifest.asset, manifest.partition)
         self.write_bytes(posixpath.join(directory, MANIFEST_NAME), manifest.to_json().encode())
-        keep = {f.path for f in manifest.files} | {MANIFEST_NAME}
+        if not collect:
+            return manifest
+        keep = {f.path.split("/", 1)[0] for f in manifest.files} | {MANIFEST_NAME}  # files or whole folders
         self.fs.invalidate_cache(directory)
         for entry in self.fs.ls(directory, detail=False):
-            name = posixpath.basename(entry)
+            name = posixpath.basename(entry.rstrip("/"))
             if name not in keep and not name.startswith(".tmp-"):
-                self.fs.rm(entry)
+                self.fs.rm(entry, recursive=True)
         return manifest
 
     def read_manifest(self, asset: str, partition: str | None) -> Manifest | None:
@@ -188,8 +195,12 @@ class ShardStore:
             return pl.read_parquet(f, columns=columns)
 
     def shard_schema(self, manifest: Manifest, table: str = DOCUMENTS) -> list[str]:
-        """Column names of a table's shards (all shards of a table share one schema)."""
-        with self.fs.open(self.shard_paths(manifest, table)[0], "rb") as f:
+        """Column names of a table's shards (all shards of a table share one schema); none when
+        the partition wrote no shard of that table (an empty crawl batch)."""
+        paths = self.shard_paths(manifest, table)
+        if not paths:
+            return []
+        with self.fs.open(paths[0], "rb") as f:
             return list(pl.read_parquet_schema(f))
 
     def scan(self, manifest: Manifest, table: str = DOCUMENTS) -> pl.LazyFrame:

@@ -11,6 +11,8 @@ import pytest
 
 from resources.settings import PROJECT_ROOT, Settings
 
+pytest_plugins = ("tests.vllm_fixtures",)
+
 SAMPLE_DIR = PROJECT_ROOT / "data" / "sample"
 SHARED_CORPORA = PROJECT_ROOT.parent / "shared" / "corpora"
 

@@ -1,0 +1,134 @@
+"""Training: a Llama-style checkpoint from every crawl batch's token shards, resumable, kept as a
+history of generations, each naming the exact shards (and data versions) it was trained on."""
+
+import base64
+from pathlib import Path
+
+import dagster as dg
+
+from assets.tokenization import TOKEN_SHARDS, TOKENIZER
+from resources.dagster_resources import CatalogResource, StorageResource
+from resources.model_store import MODEL, fetch_model
+from resources.settings import TrainingSettings
+from resources.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
+from resources.token_shards import TOKEN_INDEX, TOKENS
+from resources.tokenizer import load_tokenizer
+from resources.train_data import TokenFile, TokenSource, with_replay
+from resources.trainer import TrainConfig, train
+from resources.versioning import code_version, config_hash
+
+CHECKPOINT = "checkpoint"
+TRAIN_LOGIC = "1"
+
+
+def token_files(store: ShardStore) -> list[TokenFile]:
+    """The train split of every crawl batch's token shards, in batch order (local files: memmapped)."""
+    if not store.is_local:
+        raise NotImplementedError("training reads token shards by memory map: use a local storage root")
+    files = []
+    for manifest in store.iter_manifests(TOKEN_SHARDS):
+        tokens, indexes = sorted(store.shard_paths(manifest, TOKENS)), sorted(store.shard_paths(manifest, TOKEN_INDEX))
+        for path, index in zip(tokens, indexes, strict=True):
+            files.append(
+                TokenFile.from_index(path, index, dtype=manifest.stats["dtype"], data_version=manifest.data_version)
+            )
+    return files
+
+
+def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
+    shaping = settings.model_dump(exclude={"device", "checkpoint_every", "log_every"})
+    version = code_version(TRAIN_LOGIC, shaping)
+
+    @dg.asset(
+        name=CHECKPOINT,
+        deps=[TOKEN_SHARDS, TOKENIZER],
+        code_version=version,
+        group_name="train",
+        kinds={"pytorch"},
+        pool="gpu",
+        description="A transformers Llama checkpoint (loads with AutoModelForCausalLM and vLLM) trained on "
+        "the token shards of every crawl batch; killed runs resume from their last checkpoint.",
+    )
+    def checkpoint(
+        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+    ) -> dg.MaterializeResult:
+        store = storage.store()
+        tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
+        tokenizer = load_tokenizer(tokenizer_dir)
+        files = token_files(store)
+        previous = store.read_manifest(CHECKPOINT, None)
+        sources = [TokenSource("crawl", files, 1.0)]
+        continue_from = None
+        if settings.continue_training and previous is not None:
+            # Continual pre-training: new shards, plus a replay fraction of what the last generation saw.
+            seen = set(previous.inputs.values())
+            new = [f for f in files if f.data_version not in seen]
+            old = [f for f in files if f.data_version in seen]
+            if new:
+                sources = with_replay([TokenSource("crawl", new, 1.0)], old, settings.replay_fraction if old else 0.0)
+                continue_from = str(Path(store.partition_dir(CHECKPOINT, None)) / previous.stats["checkpoint"])
+        inputs = {f"{TOKEN_SHARDS}:{Path(f.path).name}": f.data_version for f in files}
+        inputs[TOKENIZER] = tokenizer_manifest.data_version
+        # One run directory per (settings, data): rerunning after a kill resumes it; new data or
+        # settings start a new generation beside the old ones.
+        run_name = f"run-{stable_hash([shaping, inputs, continue_from])[:12]}"
+        run_dir = Path(store.partition_dir(CHECKPOINT, None)) / run_name
+        config = TrainConfig(
+            out_dir=str(run_dir),
+            vocab_size=tokenizer.vocab_size,
+            tokenizer_path=str(tokenizer_dir),
+            eos_token_id=tokenizer.eos_id,
+            continue_from=continue_from,
+            **settings.model_dump(exclude={"continue_training", "replay_fraction"}),
+        )
+        result = train(config, sources, progress=lambda values: context.log.info(f"step {values}"))
+        final = result.checkpoint
+        shards = [
+            ShardInfo(
+                path=str(p.relative_to(run_dir.parent)),
+                rows=0,
+                bytes=p.stat().st_size,
+                sha256=sha256_bytes(p.read_bytes()),
+                table=MODEL,
+            )
+            for p in sorted(final.iterdir())
+            if p.is_file()
+        ]
+        manifest = store.commit(
+            Manifest(
+                asset=CHECKPOINT,
+                partition=UNPARTITIONED,
+                files=shards,
+                config_hash=config_hash(shaping),
+                code_version=version,
+                inputs=inputs,
+                stats={"checkpoint": str(final.relative_to(run_dir.parent)), "step": result.step},
+                run_id=context.run_id,
+            ),
+            collect=False,  # earlier generations stay: audits may ask about any of them
+        )
+        catalog.catalog().record_materialization(manifest)
+        plot = final / "loss_curve.png"
+        curve = (
+            f"![loss curve](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"
+            if plot.exists()
+            else ""
+        )
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(manifest.data_version),
+            metadata={
+                "checkpoint": dg.MetadataValue.path(str(final)),
+                "step": result.step,
+                "final_loss": round(result.final_loss, 4),
+                "tokens_seen": result.tokens_seen,
+                "tokens_per_second": round(result.tokens_per_s, 1),
+                "mfu": round(result.mfu, 4) if result.mfu is not None else None,
+                "parameters": result.params,
+                "resumed_from": str(result.resumed_from or ""),
+                "continued_from": continue_from or "",
+                "loss_curve": dg.MetadataValue.md(curve),
+                "token_shards": len(files),
+            },
+        )
+
+    return checkpoint

