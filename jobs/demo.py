@@ -100,6 +100,13 @@ def run(settings: Settings, instance: dg.DagsterInstance) -> None:
             )
         )
         print(catalog.query("SELECT stage, rule, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"))
+    event = instance.get_latest_materialization_event(dg.AssetKey("checkpoint"))
+    if event is not None and event.asset_materialization is not None:
+        values = {k: v.value for k, v in event.asset_materialization.metadata.items()}
+        print(
+            f"checkpoint: {values['checkpoint']}  step {values['step']}, final loss {values['final_loss']}, "
+            f"{values['tokens_seen']} tokens at {values['tokens_per_second']} tokens/s"
+        )
     print(f"shards and manifests: {settings.storage.root}")
     print(f"lineage catalog (DuckDB): {settings.catalog.path}")
     print("browse it: make ui  ->  http://127.0.0.1:3000")
