@@ -21,8 +21,9 @@ CHECKPOINT = "checkpoint"
 TRAIN_LOGIC = "1"
 
 
-def token_files(store: ShardStore) -> list[TokenFile]:
-    """The train split of every crawl batch's token shards, in batch order (local files: memmapped)."""
+def token_files(store: ShardStore, drop_prefix: bool = False) -> list[TokenFile]:
+    """The train split of every crawl batch's token shards, in batch order (local files: memmapped);
+    `drop_prefix` leaves out the MeCo metadata prefixes (the cool-down's view of the same shards)."""
     if not store.is_local:
         raise NotImplementedError("training reads token shards by memory map: use a local storage root")
     files = []
@@ -30,7 +31,13 @@ def token_files(store: ShardStore) -> list[TokenFile]:
         tokens, indexes = sorted(store.shard_paths(manifest, TOKENS)), sorted(store.shard_paths(manifest, TOKEN_INDEX))
         for path, index in zip(tokens, indexes, strict=True):
             files.append(
-                TokenFile.from_index(path, index, dtype=manifest.stats["dtype"], data_version=manifest.data_version)
+                TokenFile.from_index(
+                    path,
+                    index,
+                    dtype=manifest.stats["dtype"],
+                    data_version=manifest.data_version,
+                    drop_prefix=drop_prefix,
+                )
             )
     return files
 
@@ -81,7 +88,9 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
             continue_from=continue_from,
             **settings.model_dump(exclude={"continue_training", "replay_fraction"}),
         )
-        result = train(config, sources, progress=lambda values: context.log.info(f"step {values}"))
+        prefixed = any(m.stats.get("metadata_prefix", "none") != "none" for m in store.iter_manifests(TOKEN_SHARDS))
+        cooldown = [TokenSource("crawl-plain", token_files(store, drop_prefix=True), 1.0)] if prefixed else None
+        result = train(config, sources, lambda values: context.log.info(f"step {values}"), cooldown)
         final = result.checkpoint
         shards = [
             ShardInfo(

@@ -102,6 +102,9 @@ class TrainingSettings(_Section):
     compile: bool = False
     checkpoint_every: int = Field(default=20, ge=1)
     log_every: int = Field(default=10, ge=1)
+    cooldown_fraction: float = Field(
+        default=0.1, ge=0, lt=1, description="MeCo: with token_shards.metadata_prefix, the final steps train without it"
+    )
     continue_training: bool = Field(default=False, description="start from the previous generation's weights")
     replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="with continue_training: share of old data")
 

@@ -59,26 +59,39 @@ class TokenFile:
 
     @classmethod
     def from_index(
-        cls, path: str | Path, index_path: str | Path, *, dtype: str, data_version: str = "", split: str = "train"
+        cls,
+        path: str | Path,
+        index_path: str | Path,
+        *,
+        dtype: str,
+        data_version: str = "",
+        split: str = "train",
+        drop_prefix: bool = False,
     ) -> TokenFile:
         """The documents of one split, from the shard's index Parquet (`offset`, `length`, `split`).
 
         Each span is extended over the gap to the next document (or the end of the file) when that
         gap is a single token, the EOS separator, whether or not the index counted it in `length`:
         windows that stitch two train documents around a held-out one keep a separator between them.
+
+        `drop_prefix` starts each span after the document's metadata prefix (`prefix_length`, MeCo's
+        "URL: ..." line): the spans of the cool-down phase, trained on plain text.
         """
-        table = pq.read_table(index_path, columns=["offset", "length", "split"])
+        columns = ["offset", "length", "split", *(["prefix_length"] if drop_prefix else [])]
+        table = pq.read_table(index_path, columns=columns)
         offsets = table.column("offset").to_numpy().astype(np.int64)
         lengths = table.column("length").to_numpy().astype(np.int64)
         splits = table.column("split").to_numpy(zero_copy_only=False)
+        prefixes = table.column("prefix_length").to_numpy().astype(np.int64) if drop_prefix else 0 * offsets
         order = np.argsort(offsets, kind="stable")
-        offsets, lengths, splits = offsets[order], lengths[order], splits[order]
+        offsets, lengths, splits, prefixes = offsets[order], lengths[order], splits[order], prefixes[order]
         file_tokens = _token_count(Path(path), dtype)
         ends = offsets + lengths
         next_starts = np.append(offsets[1:], file_tokens)
         ends = np.where(next_starts - ends == 1, next_starts, ends)
         keep = splits == split
-        spans = np.stack([offsets[keep], ends[keep] - offsets[keep]], axis=1)
+        starts = np.minimum(offsets + prefixes, ends)
+        spans = np.stack([starts[keep], ends[keep] - starts[keep]], axis=1)
         return cls(str(path), dtype, data_version, spans)
 
     def open(self) -> np.ndarray:

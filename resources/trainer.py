@@ -125,6 +125,7 @@ class TrainConfig:
     load_optimizer: bool = False  # with continue_from: also take over its AdamW moments
     peak_flops: float | None = None  # per device, for MFU; default from GPU_PEAK_BF16 / CPU_PEAK_PER_THREAD
     tokenizer_path: str | None = None  # a tokenizer directory copied into every checkpoint (vLLM needs it)
+    cooldown_fraction: float = 0.0  # MeCo: the last fraction of steps draws from `cooldown_sources`
     bos_token_id: int | None = None
     eos_token_id: int | None = None
 
@@ -206,6 +207,7 @@ def train(
     config: TrainConfig,
     sources: Sequence[TokenSource],
     progress: Callable[[dict[str, float]], None] | None = None,
+    cooldown_sources: Sequence[TokenSource] | None = None,
 ) -> TrainResult:
     """Train (or resume, or continue) a model on the given token sources; see the module docstring.
 
@@ -217,7 +219,7 @@ def train(
     placement = _Dist.setup(config.device)
     run: _Run | None = None
     try:
-        run = _Run(config, sources, progress, placement)
+        run = _Run(config, sources, progress, placement, cooldown_sources)
         return run.execute()
     finally:
         if run is not None:
@@ -263,10 +265,19 @@ class _Run:
         sources: Sequence[TokenSource],
         progress: Callable[[dict[str, float]], None] | None,
         placement: _Dist,
+        cooldown_sources: Sequence[TokenSource] | None = None,
     ) -> None:
         self.config, self.progress, self.dist = config, progress, placement
         self.data = TrainData(sources, config.seq_len, config.micro_batch_size, seed=config.seed, rank=self.dist.rank)
         self.data.validate(config.vocab_size)
+        # MeCo: metadata-conditioned for most of the run, plain text for the final cool-down. Batches
+        # stay a pure function of the step, so resume is unaffected.
+        self.cooldown_start = config.max_steps - round(config.cooldown_fraction * config.max_steps)
+        self.cooldown = None
+        if cooldown_sources and self.cooldown_start < config.max_steps:
+            self.cooldown = TrainData(
+                cooldown_sources, config.seq_len, config.micro_batch_size, seed=config.seed, rank=self.dist.rank
+            )
         self.run_dir = Path(config.out_dir)
         device = self.dist.device
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
@@ -409,7 +420,8 @@ class _Run:
             group["lr"] = lr
         total = torch.zeros((), device=device)
         for micro in range(config.grad_accum_steps):
-            tokens = torch.from_numpy(self.data.batch(self.step, micro))
+            data = self.cooldown if self.cooldown is not None and self.step >= self.cooldown_start else self.data
+            tokens = torch.from_numpy(data.batch(self.step, micro))
             if device.type == "cuda":
                 tokens = tokens.pin_memory().to(device, non_blocking=True)
             inputs, targets = tokens[:, :-1], tokens[:, 1:]
