@@ -50,6 +50,7 @@ bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) bench/ingest.py --reference-python $(BENCH_VENV)/bin/python
 	$(PY) bench/filter.py --reference-python $(BENCH_VENV)/bin/python
 	$(PY) bench/dedup.py --reference-python $(BENCH_VENV)/bin/python
+	$(PY) -P bench/tokenization.py
 	$(PY) -P bench/train.py
 	$(PY) -P bench/rewrite.py
 
