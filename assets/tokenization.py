@@ -31,8 +31,8 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
         code_version=version,
         group_name="tokenize",
         kinds={"huggingface"},
-        description="Byte-level BPE trained on a sample of the deduplicated corpus (documents with the "
-        "smallest doc_id per batch), loadable by AutoTokenizer; or an existing tokenizer (`mode: load`).",
+        description="Byte-level BPE trained on a sample of the deduplicated corpus (the documents with the "
+        "smallest doc_id over all batches), loadable by AutoTokenizer; or an existing tokenizer (`mode: load`).",
     )
     def tokenizer(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         store = storage.store()
