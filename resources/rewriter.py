@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from resources.heuristics import DocView, GopherRepetition, GopherRepetitionSettings
 from resources.html_extract import doc_id_of
+from resources.ingest import DOCUMENT_SCHEMA
 from resources.partition_stage import REMOVED, REMOVED_SCHEMA, StageOutput, upstream_manifest
 from resources.recipes import Recipe, Sampling, recipe_fingerprint, resolve_recipes, row_seed
 from resources.storage import DOCUMENTS, Manifest, ShardInfo, ShardStore, stable_hash
@@ -73,13 +74,11 @@ OUTPUT_SCHEMA: dict[str, pl.DataType] = {
     "prompt_tokens": pl.Int32(),
     "output_tokens": pl.Int32(),
     "source_tokens_cut": pl.Int32(),  # tokens of the source cut to fit the context (0: all of it)
-    "url": pl.String(),
-    "domain": pl.String(),
-    "crawl": pl.String(),
-    "crawl_batch": pl.String(),
-    "warc_path": pl.String(),
-    "warc_record_id": pl.String(),
-    "fetch_time": pl.Datetime("us", "UTC"),
+    # the source document's provenance, typed as ingest writes it
+    **{
+        c: DOCUMENT_SCHEMA[c]
+        for c in ("url", "domain", "crawl", "crawl_batch", "warc_path", "warc_record_id", "fetch_time")
+    },
     "language": pl.String(),
 }
 REMOVED_OUTPUT_SCHEMA: dict[str, pl.DataType] = {**REMOVED_SCHEMA, "source_doc_id": pl.String(), "recipe": pl.String()}
