@@ -7,7 +7,7 @@ import dagster as dg
 import polars as pl
 
 from assets.ingest import RAW_DOCUMENTS
-from assets.stage_results import reuse_trained, stage_check_specs, stage_result
+from assets.stage_results import model_manifest, model_result, reuse_trained, stage_check_specs, stage_result
 from jobs.partitions import crawl_batches
 from resources.dagster_resources import CatalogResource, StorageResource
 from resources.decontamination import DecontaminationSettings, Decontaminator
@@ -18,7 +18,7 @@ from resources.model_store import fetch_model, publish_model
 from resources.partition_stage import removed_rows, run_partition_stage
 from resources.quality_classifier import QualityClassifier, reference_documents, train_classifier
 from resources.settings import FilterSettings, QualityStageSettings
-from resources.storage import UNPARTITIONED, Manifest, sha256_bytes
+from resources.storage import sha256_bytes
 from resources.versioning import code_version, config_hash
 
 FILTERED = "filtered_documents"
@@ -103,14 +103,7 @@ def build_quality_classifier(settings: QualityStageSettings) -> dg.AssetsDefinit
         reused = None if settings.retrain_on_new_data else reuse_trained(store, QUALITY_CLASSIFIER, version)
         if reused is not None:
             return reused
-        manifest = Manifest(
-            asset=QUALITY_CLASSIFIER,
-            partition=UNPARTITIONED,
-            files=[],
-            config_hash=config_hash(shaping),
-            code_version=version,
-            run_id=context.run_id,
-        )
+        manifest = model_manifest(QUALITY_CLASSIFIER, shaping, version, context.run_id)
         with tempfile.TemporaryDirectory() as workdir:
             if classifier.mode == "load":
                 loaded = QualityClassifier.load(classifier.model_path, positive_label=classifier.positive_label)
@@ -121,11 +114,9 @@ def build_quality_classifier(settings: QualityStageSettings) -> dg.AssetsDefinit
                 trained = train_classifier(reference_documents(classifier), negatives, classifier, workdir)
                 path, metadata = trained.model_path, {**trained.metadata(), "mode": "train"}
                 metadata.pop("model_path")
+            manifest.stats = metadata
             manifest = publish_model(store, QUALITY_CLASSIFIER, Path(path), manifest)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(manifest.data_version),
-            metadata={**metadata, "path": dg.MetadataValue.path(store.url(QUALITY_CLASSIFIER, UNPARTITIONED))},
-        )
+        return model_result(store, manifest)
 
     return quality_classifier
 

@@ -6,7 +6,8 @@ import polars as pl
 
 from resources.catalog import DOCUMENT_COLUMNS, REMOVED_COLUMNS, LineageCatalog
 from resources.partition_stage import REMOVED, StageOutput
-from resources.storage import ShardStore
+from resources.storage import UNPARTITIONED, Manifest, ShardStore
+from resources.versioning import config_hash
 
 STAGE_CHECKS = ("keep_rate_in_bounds", "no_row_both_kept_and_removed")
 
@@ -73,6 +74,26 @@ def reuse_trained(store: ShardStore, asset: str, code_version: str) -> dg.Materi
         return None
     return dg.MaterializeResult(
         data_version=dg.DataVersion(previous.data_version), metadata={**previous.stats, "reused": True}
+    )
+
+
+def model_manifest(asset: str, shaping: dict[str, object], version: str, run_id: str) -> Manifest:
+    """The manifest a corpus-wide model (tokenizer, classifier) is published under; its `stats`
+    become the materialization's metadata, and again when the model is reused."""
+    return Manifest(
+        asset=asset,
+        partition=UNPARTITIONED,
+        files=[],
+        config_hash=config_hash(shaping),
+        code_version=version,
+        run_id=run_id,
+    )
+
+
+def model_result(store: ShardStore, manifest: Manifest) -> dg.MaterializeResult:
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(manifest.data_version),
+        metadata={**manifest.stats, "path": dg.MetadataValue.path(store.url(manifest.asset, UNPARTITIONED))},
     )
 
 

@@ -6,12 +6,12 @@ from pathlib import Path
 import dagster as dg
 
 from assets.dedup import DEDUPED
-from assets.stage_results import reuse_trained
+from assets.stage_results import model_manifest, model_result, reuse_trained
 from jobs.partitions import crawl_batches
 from resources.dagster_resources import CatalogResource, StorageResource
 from resources.model_store import fetch_model, publish_directory
 from resources.partition_stage import upstream_manifest
-from resources.storage import UNPARTITIONED, Manifest
+from resources.storage import Manifest
 from resources.token_shards import TokenShardSettings, tokenize_partition
 from resources.tokenizer import TokenizerSettings, load_tokenizer, sample_texts, train_tokenizer
 from resources.versioning import code_version, config_hash
@@ -39,14 +39,7 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
         reused = None if retrain_on_new_data else reuse_trained(store, TOKENIZER, version)
         if reused is not None:
             return reused
-        manifest = Manifest(
-            asset=TOKENIZER,
-            partition=UNPARTITIONED,
-            files=[],
-            config_hash=config_hash(shaping),
-            code_version=version,
-            run_id=context.run_id,
-        )
+        manifest = model_manifest(TOKENIZER, shaping, version, context.run_id)
         with tempfile.TemporaryDirectory() as workdir:
             if settings.mode == "load":
                 trained = load_tokenizer(settings.path)
@@ -57,10 +50,7 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
                 trained = train_tokenizer(sample_texts(frames, settings.sample_documents), settings, workdir)
             manifest.stats = {k: v for k, v in trained.metadata().items() if k != "path"}
             manifest = publish_directory(store, TOKENIZER, Path(trained.path), manifest)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(manifest.data_version),
-            metadata={**manifest.stats, "path": dg.MetadataValue.path(store.url(TOKENIZER, UNPARTITIONED))},
-        )
+        return model_result(store, manifest)
 
     return tokenizer
 
