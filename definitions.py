@@ -8,15 +8,26 @@ from assets.dedup import build_deduplicated_documents
 from assets.filtering import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report
-from assets.tokenization import build_token_shards, build_tokenizer
+from assets.rewriting import SYNTHETIC, build_synthetic_documents, build_training_mixture
+from assets.tokenization import TOKEN_SHARDS, build_token_shards, build_tokenizer
 from assets.training import build_checkpoint
 from jobs.ingest import ingest_job
 from jobs.sensors import build_crawl_sensor
 from resources.dagster_resources import CatalogResource, StorageResource
 from resources.settings import Settings, load_settings
 
+SYNTHETIC_TOKEN_SHARDS = "synthetic_token_shards"
+
 
 def build_definitions(settings: Settings) -> dg.Definitions:
+    token_assets = {"crawl": TOKEN_SHARDS}
+    rewriting: list[dg.AssetsDefinition] = []
+    if settings.rewrite is not None:  # synthetic rewriting needs a model: off until one is configured
+        token_assets["synthetic"] = SYNTHETIC_TOKEN_SHARDS
+        rewriting = [
+            build_synthetic_documents(settings.rewrite),
+            build_token_shards(settings.token_shards, SYNTHETIC_TOKEN_SHARDS, SYNTHETIC),
+        ]
     return dg.Definitions(
         assets=[
             build_raw_documents(settings.ingest, settings.source.storage_options),
@@ -24,8 +35,10 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_quality_classifier(settings.quality),
             build_scored_documents(settings.quality),
             build_deduplicated_documents(settings.dedup),
+            *rewriting,
             build_tokenizer(settings.tokenizer, settings.retrain_tokenizer_on_new_data),
             build_token_shards(settings.token_shards),
+            build_training_mixture(settings.mixture, token_assets),
             build_checkpoint(settings.training),
             crawl_summary,
             decontamination_report,

@@ -23,13 +23,17 @@ def stage_result(
     keep_rate_bounds: tuple[float, float],
     metadata: dict[str, object] | None = None,
     check_results: list[dg.AssetCheckResult] | None = None,
+    overlap_exempt: set[str] | frozenset[str] = frozenset(),
 ) -> dg.MaterializeResult:
+    """`overlap_exempt`: removal rules whose rows share a doc_id with a kept row by design (a
+    second identical generated output is removed as `duplicate_output`, the first is kept)."""
     manifest = output.manifest
     documents = _concat(store.iter_frames(manifest, DOCUMENT_COLUMNS))
     removed = _concat(store.iter_frames(manifest, REMOVED_COLUMNS, REMOVED))
     catalog.record_materialization(manifest, documents, removed)
     kept_ids = set() if documents is None else set(documents.get_column("doc_id"))
-    both = 0 if removed is None else len(kept_ids.intersection(removed.get_column("doc_id")))
+    judged = None if removed is None else removed.filter(~pl.col("rule").is_in(list(overlap_exempt)))
+    both = 0 if judged is None else len(kept_ids.intersection(judged.get_column("doc_id")))
     low, high = keep_rate_bounds
     funnel = dg.MetadataValue.table(
         records=[

@@ -55,14 +55,17 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
     return tokenizer
 
 
-def build_token_shards(settings: TokenShardSettings) -> dg.AssetsDefinition:
+def build_token_shards(
+    settings: TokenShardSettings, name: str = TOKEN_SHARDS, upstream: str = DEDUPED
+) -> dg.AssetsDefinition:
+    """Token shards of one document asset per crawl batch (natural documents, or synthetic ones)."""
     shaping = settings.output_shaping()
     version = code_version(TOKENIZE_LOGIC, shaping)
 
     @dg.asset(
-        name=TOKEN_SHARDS,
+        name=name,
         partitions_def=crawl_batches,
-        deps=[DEDUPED, TOKENIZER],
+        deps=[upstream, TOKENIZER],
         code_version=version,
         group_name="tokenize",
         kinds={"numpy"},
@@ -75,17 +78,17 @@ def build_token_shards(settings: TokenShardSettings) -> dg.AssetsDefinition:
         store, key = storage.store(), context.partition_key
         tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
         tokenizer = load_tokenizer(tokenizer_dir)
-        source = upstream_manifest(store, DEDUPED, key)
+        source = upstream_manifest(store, upstream, key)
         columns = settings.input_columns(store.shard_schema(source))
-        result = tokenize_partition(store, TOKEN_SHARDS, key, store.iter_frames(source, columns), tokenizer, settings)
+        result = tokenize_partition(store, name, key, store.iter_frames(source, columns), tokenizer, settings)
         manifest = store.commit(
             Manifest(
-                asset=TOKEN_SHARDS,
+                asset=name,
                 partition=key,
                 files=result.files,
                 config_hash=config_hash(shaping),
                 code_version=version,
-                inputs={f"{DEDUPED}[{key}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version},
+                inputs={f"{upstream}[{key}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version},
                 stats=result.stats,
                 run_id=context.run_id,
             )
@@ -96,7 +99,7 @@ def build_token_shards(settings: TokenShardSettings) -> dg.AssetsDefinition:
             metadata={
                 **result.stats,
                 "tokens_per_second": round(result.tokens_per_second),
-                "path": dg.MetadataValue.path(store.url(TOKEN_SHARDS, key)),
+                "path": dg.MetadataValue.path(store.url(name, key)),
             },
         )
 

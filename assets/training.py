@@ -6,9 +6,11 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.tokenization import TOKEN_SHARDS, TOKENIZER
+from assets.rewriting import TRAINING_MIXTURE, read_mixture
+from assets.tokenization import TOKENIZER
 from resources.dagster_resources import CatalogResource, StorageResource
 from resources.model_store import MODEL, fetch_model
+from resources.partition_stage import upstream_manifest
 from resources.settings import TrainingSettings
 from resources.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
 from resources.token_shards import TOKEN_INDEX, TOKENS
@@ -21,13 +23,16 @@ CHECKPOINT = "checkpoint"
 TRAIN_LOGIC = "1"
 
 
-def token_files(store: ShardStore, drop_prefix: bool = False) -> list[TokenFile]:
-    """The train split of every crawl batch's token shards, in batch order (local files: memmapped);
+def token_files(
+    store: ShardStore, asset: str, partitions: dict[str, str], drop_prefix: bool = False
+) -> list[TokenFile]:
+    """The train split of the named token-shard partitions, in order (local files: memmapped);
     `drop_prefix` leaves out the MeCo metadata prefixes (the cool-down's view of the same shards)."""
     if not store.is_local:
         raise NotImplementedError("training reads token shards by memory map: use a local storage root")
     files = []
-    for manifest in store.iter_manifests(TOKEN_SHARDS):
+    for key in partitions:
+        manifest = upstream_manifest(store, asset, key)
         tokens, indexes = sorted(store.shard_paths(manifest, TOKENS)), sorted(store.shard_paths(manifest, TOKEN_INDEX))
         for path, index in zip(tokens, indexes, strict=True):
             files.append(
@@ -42,13 +47,21 @@ def token_files(store: ShardStore, drop_prefix: bool = False) -> list[TokenFile]
     return files
 
 
+def mixture_token_sources(store: ShardStore, mixture: dict[str, dict], drop_prefix: bool = False) -> list[TokenSource]:
+    return [
+        TokenSource(name, token_files(store, spec["asset"], spec["partitions"], drop_prefix), spec["weight"])
+        for name, spec in mixture.items()
+        if spec.get("weight", 0) > 0
+    ]
+
+
 def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
     shaping = settings.model_dump(exclude={"device", "checkpoint_every", "log_every"})
     version = code_version(TRAIN_LOGIC, shaping)
 
     @dg.asset(
         name=CHECKPOINT,
-        deps=[TOKEN_SHARDS, TOKENIZER],
+        deps=[TRAINING_MIXTURE, TOKENIZER],
         code_version=version,
         group_name="train",
         kinds={"pytorch"},
@@ -62,20 +75,23 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
         store = storage.store()
         tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
         tokenizer = load_tokenizer(tokenizer_dir)
-        files = token_files(store)
+        mixture, mixture_version = read_mixture(store)
+        sources = mixture_token_sources(store, mixture)
+        files = [f for source in sources for f in source.files]
         previous = store.read_manifest(CHECKPOINT, None)
-        sources = [TokenSource("crawl", files, 1.0)]
         continue_from = None
         if settings.continue_training and previous is not None:
             # Continual pre-training: new shards, plus a replay fraction of what the last generation saw.
             seen = set(previous.inputs.values())
-            new = [f for f in files if f.data_version not in seen]
+            new = [TokenSource(s.name, [f for f in s.files if f.data_version not in seen], s.weight) for s in sources]
+            new = [s for s in new if s.files]
             old = [f for f in files if f.data_version in seen]
             if new:
-                sources = with_replay([TokenSource("crawl", new, 1.0)], old, settings.replay_fraction if old else 0.0)
+                sources = with_replay(new, old, settings.replay_fraction if old else 0.0)
                 continue_from = str(Path(store.partition_dir(CHECKPOINT, None)) / previous.stats["checkpoint"])
-        inputs = {f"{TOKEN_SHARDS}:{Path(f.path).name}": f.data_version for f in files}
+        inputs = {f"{Path(f.path).parent.parent.name}/{Path(f.path).name}": f.data_version for f in files}
         inputs[TOKENIZER] = tokenizer_manifest.data_version
+        inputs[TRAINING_MIXTURE] = mixture_version
         # One run directory per (settings, data): rerunning after a kill resumes it; new data or
         # settings start a new generation beside the old ones.
         run_name = f"run-{stable_hash([shaping, inputs, continue_from])[:12]}"
@@ -88,8 +104,12 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
             continue_from=continue_from,
             **settings.model_dump(exclude={"continue_training", "replay_fraction"}),
         )
-        prefixed = any(m.stats.get("metadata_prefix", "none") != "none" for m in store.iter_manifests(TOKEN_SHARDS))
-        cooldown = [TokenSource("crawl-plain", token_files(store, drop_prefix=True), 1.0)] if prefixed else None
+        prefixed = any(
+            m.stats.get("metadata_prefix", "none") != "none"
+            for spec in mixture.values()
+            for m in store.iter_manifests(spec["asset"])
+        )
+        cooldown = mixture_token_sources(store, mixture, drop_prefix=True) if prefixed and not continue_from else None
         result = train(config, sources, lambda values: context.log.info(f"step {values}"), cooldown)
         final = result.checkpoint
         shards = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -19,6 +20,7 @@ from definitions import build_definitions
 from jobs.partitions import crawl_batches
 from resources.catalog import LineageCatalog
 from resources.settings import Settings, load_settings
+from resources.tiny_model import build_tiny_model
 
 
 def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
@@ -59,8 +61,11 @@ STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
     ("quality_classifier", False),
     ("scored_documents", True),
     ("deduplicated_documents", True),
+    ("synthetic_documents", True),
     ("tokenizer", False),
     ("token_shards", True),
+    ("synthetic_token_shards", True),
+    ("training_mixture", False),
     ("checkpoint", False),
     ("crawl_summary", False),
     ("decontamination_report", False),
@@ -75,7 +80,8 @@ def needs_run(defs: dg.Definitions, instance: dg.DagsterInstance, asset: str, pa
 
 def materialize_stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[tuple[str, str | None]]:
     done = []
-    for asset, partitioned in STAGES:
+    defined = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
+    for asset, partitioned in [(a, p) for a, p in STAGES if a in defined]:
         keys = instance.get_dynamic_partitions(crawl_batches.name) if partitioned else [None]
         for key in keys:
             if needs_run(defs, instance, asset, key):
@@ -85,6 +91,8 @@ def materialize_stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> lis
 
 
 def run(settings: Settings, instance: dg.DagsterInstance) -> None:
+    if settings.rewrite is not None and not Path(settings.rewrite.model_path).exists():
+        build_tiny_model(settings.rewrite.model_path)  # the demo's stand-in for a real rewriting model
     defs = build_definitions(settings)
     started = time.perf_counter()
     tick = tick_sensor(defs, instance)

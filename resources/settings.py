@@ -20,6 +20,7 @@ from resources.heuristics import HeuristicSettings
 from resources.ingest import IngestSettings
 from resources.language_id import LanguageSettings
 from resources.quality_classifier import QualitySettings
+from resources.rewriter import RewriteSettings
 from resources.token_shards import TokenShardSettings
 from resources.tokenizer import TokenizerSettings
 
@@ -109,6 +110,13 @@ class TrainingSettings(_Section):
     replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="with continue_training: share of old data")
 
 
+class MixtureSettings(_Section):
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"crawl": 1.0, "synthetic": 0.3},
+        description="sampling weight per source (crawl, synthetic); normalised over the sources with tokens",
+    )
+
+
 class Settings(_Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
@@ -123,6 +131,8 @@ class Settings(_Section):
         default=False, description="off: the tokenizer is trained once, new crawl batches do not change it"
     )
     token_shards: TokenShardSettings = Field(default_factory=TokenShardSettings)
+    rewrite: RewriteSettings | None = Field(default=None, description="off when unset: no synthetic documents")
+    mixture: MixtureSettings = Field(default_factory=MixtureSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
@@ -153,6 +163,13 @@ class Settings(_Section):
                 ),
                 "tokenizer": self.tokenizer.model_copy(
                     update={"path": self.tokenizer.path and _absolute(self.tokenizer.path, base)}
+                ),
+                "rewrite": self.rewrite
+                and self.rewrite.model_copy(
+                    update={
+                        "model_path": _absolute(self.rewrite.model_path, base),
+                        "tokenizer_path": self.rewrite.tokenizer_path and _absolute(self.rewrite.tokenizer_path, base),
+                    }
                 ),
                 "storage": self.storage.model_copy(update={"root": _absolute(self.storage.root, base)}),
                 "catalog": self.catalog.model_copy(update={"path": _absolute(self.catalog.path, base)}),

@@ -1,0 +1,79 @@
+"""Synthetic rewriting as a real materialization (vLLM on the CPU inside the asset), feeding the
+training mixture and the checkpoint: every synthetic document traces to its source."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+import pytest
+
+from assets.dedup import DEDUPED
+from assets.rewriting import MIXTURE_FILE, SYNTHETIC, TRAINING_MIXTURE
+from assets.training import CHECKPOINT
+from definitions import SYNTHETIC_TOKEN_SHARDS, build_definitions
+from jobs.demo import materialize_stale, tick_sensor
+from resources.settings import Settings
+from resources.storage import ShardStore
+from resources.tiny_model import build_tiny_model
+from tests.conftest import SAMPLE_DIR
+
+pytestmark = pytest.mark.vllm
+
+
+def test_rewrite_mixture_and_checkpoint(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    shutil.copy(sorted(SAMPLE_DIR.iterdir())[0], crawl)
+    model = build_tiny_model(tmp_path / "rewriter")
+    settings = Settings.model_validate(
+        {
+            "storage": {"root": str(tmp_path / "store")},
+            "catalog": {"path": str(tmp_path / "catalog.duckdb")},
+            "source": {"url": str(crawl)},
+            "ingest": {"workers": 1},
+            "quality": {
+                "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0}
+            },
+            "dedup": {"wait_retries": 0, "near": {"workers": 1}},
+            "rewrite": {
+                "model_path": str(model),
+                "max_model_len": 512,
+                "recipes": {"encyclopedic": {"sampling": {"max_tokens": 16}, "selection": {"sample_fraction": 0.2}}},
+                "post_filter": {"drop_truncated": False},
+                "vllm": {"gpu_memory_utilization": 0.2},
+            },
+            "tokenizer": {"vocab_size": 600},
+            "training": {
+                "max_steps": 4,
+                "checkpoint_every": 4,
+                "seq_len": 32,
+                "micro_batch_size": 4,
+                "warmup_steps": 1,
+            },
+        }
+    ).resolved()
+    defs = build_definitions(settings)
+    tick_sensor(defs, instance)
+    materialize_stale(defs, instance)
+    store = ShardStore(settings.storage.root)
+    (batch,) = instance.get_dynamic_partitions("crawl_batches")
+
+    synthetic_manifest = store.read_manifest(SYNTHETIC, batch)
+    synthetic = pl.concat(list(store.iter_frames(synthetic_manifest)))
+    sources = pl.concat(list(store.iter_frames(store.read_manifest(DEDUPED, batch), ["doc_id", "url"])))
+    assert synthetic.height > 0
+    assert set(synthetic.get_column("source_doc_id")) <= set(sources.get_column("doc_id"))
+    for column in ("recipe", "recipe_version", "model", "sampling", "seed", "finish_reason", "url", "warc_record_id"):
+        assert synthetic.get_column(column).null_count() == 0, column
+    joined = synthetic.join(sources, left_on="source_doc_id", right_on="doc_id", suffix="_source")
+    assert (joined.get_column("url") == joined.get_column("url_source")).all()
+
+    mixture = json.loads(store.read_bytes(f"{store.partition_dir(TRAINING_MIXTURE, None)}/{MIXTURE_FILE}"))
+    assert set(mixture) == {"crawl", "synthetic"} and mixture["synthetic"]["asset"] == SYNTHETIC_TOKEN_SHARDS
+    assert mixture["synthetic"]["sampling_factor"] > 1 > mixture["crawl"]["sampling_factor"]  # synthetic upsampled
+    checkpoint = store.read_manifest(CHECKPOINT, None)
+    assert store.read_manifest(SYNTHETIC_TOKEN_SHARDS, batch).data_version in checkpoint.inputs.values()
