@@ -109,6 +109,8 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
             for spec in mixture.values()
             for m in store.iter_manifests(spec["asset"])
         )
+        # A continued run trains on new shards plus replay, which the plain view of the whole mixture
+        # does not match: MeCo's cool-down applies to runs from scratch.
         cooldown = mixture_token_sources(store, mixture, drop_prefix=True) if prefixed and not continue_from else None
         result = train(config, sources, lambda values: context.log.info(f"step {values}"), cooldown)
         final = result.checkpoint

@@ -27,14 +27,11 @@ def check_documents(frames: Iterable[pl.DataFrame]) -> dict[str, CheckOutcome]:
         duplicates += len(ids) - len(set(ids)) + len(seen.intersection(ids))
         seen.update(ids)
         empty += frame.filter(pl.col("text").is_null() | (pl.col("text").str.strip_chars() == "")).height
-        nulls = frame.select(
-            [(pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "")).sum().alias(c) for c in PROVENANCE_COLUMNS]
-        ).row(0, named=True)
+        missing = [(pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "")).alias(c) for c in PROVENANCE_COLUMNS]
+        nulls = frame.select(expr.sum() for expr in missing).row(0, named=True)
         for column, count in nulls.items():
             missing_by_column[column] += count
-        incomplete += frame.filter(
-            pl.any_horizontal([pl.col(c).is_null() | (pl.col(c).cast(pl.String) == "") for c in PROVENANCE_COLUMNS])
-        ).height
+        incomplete += frame.filter(pl.any_horizontal(missing)).height
     return {
         "unique_doc_id": CheckOutcome(duplicates == 0, {"rows": rows, "duplicate_doc_ids": duplicates}),
         "no_empty_text": CheckOutcome(empty == 0, {"rows": rows, "empty_texts": empty}),
