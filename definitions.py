@@ -5,9 +5,10 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.dedup import build_deduplicated_documents
+from assets.evaluation import build_evaluation, model_comparison
 from assets.filtering import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
-from assets.reports import crawl_summary, decontamination_report
+from assets.reports import crawl_summary, decontamination_report, report
 from assets.rewriting import SYNTHETIC, build_synthetic_documents, build_training_mixture
 from assets.tokenization import TOKEN_SHARDS, build_token_shards, build_tokenizer
 from assets.training import build_checkpoint
@@ -40,8 +41,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_token_shards(settings.token_shards),
             build_training_mixture(settings.mixture, token_assets),
             build_checkpoint(settings.training),
+            build_evaluation(settings.evaluation, settings.token_shards.validation_fraction),
+            model_comparison,
             crawl_summary,
             decontamination_report,
+            report,
         ],
         jobs=[ingest_job],
         sensors=[build_crawl_sensor(settings.source, ingest_job)],

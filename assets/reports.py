@@ -1,10 +1,30 @@
-"""Corpus-wide views for people: what the crawl batches hold, straight from the catalog."""
+"""Views for people: what the crawl batches hold, what decontamination removed, and the report."""
+
+import posixpath
+from pathlib import Path
 
 import dagster as dg
+import polars as pl
 
+from assets.evaluation import MODEL_COMPARISON, RESULTS, SAMPLES, read_history
 from assets.ingest import RAW_DOCUMENTS
-from resources.dagster_resources import CatalogResource
-from resources.storage import stable_hash
+from assets.rewriting import TRAINING_MIXTURE, read_mixture
+from assets.training import CHECKPOINT
+from resources.catalog import LineageCatalog
+from resources.checkpoints import read_manifest
+from resources.dagster_resources import CatalogResource, StorageResource
+from resources.report import (
+    Section,
+    funnel_plot,
+    loss_plot,
+    markdown_table,
+    metrics_plot,
+    removed_plot,
+    render_html,
+    render_markdown,
+    tokens_plot,
+)
+from resources.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
 
 _SUMMARY_SQL = """
 SELECT crawl, crawl_batch, count(*) AS documents, count(DISTINCT domain) AS domains,
@@ -32,23 +52,10 @@ def crawl_summary(catalog: CatalogResource) -> dg.MaterializeResult:
         metadata={
             "crawl_batches": table.height,
             "documents": int(table.get_column("documents").sum() or 0),
-            "by_crawl_batch": dg.MetadataValue.md(_markdown(table.rows(), table.columns)),
-            "top_domains": dg.MetadataValue.md(_markdown(top_domains.rows(), top_domains.columns)),
+            "by_crawl_batch": dg.MetadataValue.md(markdown_table(table.rows(), table.columns)),
+            "top_domains": dg.MetadataValue.md(markdown_table(top_domains.rows(), top_domains.columns)),
         },
     )
-
-
-def _markdown(rows: list[tuple], columns: list[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(str(value) for value in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-_DECONTAMINATION_SQL = """
-SELECT split_part(detail, ':', 1) AS eval_set, crawl_batch, count(*) AS removed,
-       sum(CAST(split_part(detail, ':', 2) AS BIGINT)) AS matched_ngrams
-FROM removed WHERE rule = 'decontamination' GROUP BY ALL ORDER BY eval_set, crawl_batch
-"""
 
 
 @dg.asset(
@@ -60,7 +67,7 @@ FROM removed WHERE rule = 'decontamination' GROUP BY ALL ORDER BY eval_set, craw
 )
 def decontamination_report(catalog: CatalogResource) -> dg.MaterializeResult:
     lineage = catalog.catalog()
-    by_set = lineage.query(_DECONTAMINATION_SQL)
+    by_set = lineage.decontamination()
     examples = lineage.query(
         "SELECT split_part(detail, ':', 1) AS eval_set, url, doc_id, crawl_batch,"
         " CAST(split_part(detail, ':', 2) AS BIGINT) AS matched_ngrams FROM removed"
@@ -70,7 +77,137 @@ def decontamination_report(catalog: CatalogResource) -> dg.MaterializeResult:
         data_version=dg.DataVersion(stable_hash(examples.rows() + by_set.rows())[:32]),
         metadata={
             "removed": int(by_set.get_column("removed").sum() or 0),
-            "by_eval_set": dg.MetadataValue.md(_markdown(by_set.rows(), by_set.columns)),
-            "documents": dg.MetadataValue.md(_markdown(examples.rows(), examples.columns)),
+            "by_eval_set": dg.MetadataValue.md(markdown_table(by_set.rows(), by_set.columns)),
+            "documents": dg.MetadataValue.md(markdown_table(examples.rows(), examples.columns)),
         },
     )
+
+
+REPORT = "report"
+FUNNEL_STAGES = ("raw_documents", "filtered_documents", "scored_documents", "deduplicated_documents")
+_FUNNEL_SQL = """
+SELECT crawl_batch, asset AS stage, rows AS documents FROM materializations WHERE asset IN ({stages})
+QUALIFY row_number() OVER (PARTITION BY asset, crawl_batch ORDER BY created_at DESC) = 1
+ORDER BY crawl_batch, stage
+"""
+_REMOVED_SQL = "SELECT stage, rule, crawl_batch, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"
+
+
+@dg.asset(
+    name=REPORT,
+    deps=[MODEL_COMPARISON, CHECKPOINT, TRAINING_MIXTURE, "decontamination_report"],
+    group_name="reports",
+    code_version="1",
+    kinds={"html"},
+    description="The whole pipeline on one page: filter funnel per crawl batch, why documents were removed, "
+    "tokens by source, loss curves, eval metrics over checkpoints, samples, decontamination. Markdown here, "
+    "plus a standalone HTML file.",
+)
+def report(storage: StorageResource, catalog: CatalogResource) -> dg.MaterializeResult:
+    store = storage.store()
+    sections = report_sections(store, catalog.catalog())
+    title = "crawl2ckpt report"
+    directory = store.partition_dir(REPORT, None)
+    files = []
+    for name, body in [
+        ("report.html", render_html(title, sections).encode()),
+        ("report.md", render_markdown(title, sections, inline_images=False).encode()),
+        *((f"{s.plot.name}.png", s.plot.png) for s in sections if s.plot is not None),
+    ]:
+        store.write_bytes(posixpath.join(directory, name), body)
+        files.append(ShardInfo(name, 0, len(body), sha256_bytes(body), name.rsplit(".", 1)[1]))
+    manifest = store.commit(Manifest(asset=REPORT, partition=UNPARTITIONED, files=files))
+    return dg.MaterializeResult(
+        data_version=dg.DataVersion(manifest.data_version),
+        metadata={
+            "html": dg.MetadataValue.path(posixpath.join(store.url(REPORT, UNPARTITIONED), "report.html")),
+            "report": dg.MetadataValue.md(render_markdown(title, sections, inline_images=True)),
+        },
+    )
+
+
+def report_sections(store: ShardStore, lineage: LineageCatalog) -> list[Section]:
+    results, samples = read_history(store, RESULTS), read_history(store, SAMPLES)
+    mixture, _ = read_mixture(store)
+    funnel = lineage.query(_FUNNEL_SQL.format(stages=", ".join(f"'{s}'" for s in FUNNEL_STAGES)))
+    removed = lineage.query(_REMOVED_SQL)
+    latest = results.filter(pl.col("evaluation_id") == results.get_column("evaluation_id")[-1])
+    checkpoint = latest.row(0, named=True)
+    curves = loss_curves(store, results.get_column("checkpoint").unique(maintain_order=True).to_list())
+    totals = dict(funnel.group_by("stage").agg(pl.col("documents").sum()).iter_rows())
+    per_stage = [(stage, totals[stage]) for stage in FUNNEL_STAGES if stage in totals]
+    sections = [
+        Section(
+            "Summary",
+            "\n\n".join(
+                [
+                    "Documents: " + " → ".join(f"{s.replace('_documents', '')} {n:,}" for s, n in per_stage),
+                    "Train tokens: "
+                    + ", ".join(f"{n} {spec.get('train_tokens', 0):,}" for n, spec in sorted(mixture.items())),
+                    f"Latest checkpoint: {checkpoint['checkpoint']}, {checkpoint['tokens_seen']:,} tokens seen, "
+                    f"final train loss {curves[checkpoint['checkpoint']][-1]:.4f}"
+                    if curves.get(checkpoint["checkpoint"])
+                    else f"Latest checkpoint: {checkpoint['checkpoint']}",
+                    "Bits per byte: "
+                    + ", ".join(f"{r['eval_set']} {r['bits_per_byte']:.4f}" for r in latest.iter_rows(named=True)),
+                ]
+            ),
+        ),
+        Section(
+            "Evaluation of the latest checkpoint",
+            columns=["eval set", "documents", "bytes", "loss", "perplexity", "bits/byte", "unigram bits/byte"],
+            rows=latest.select(
+                "eval_set", "documents", "bytes", "loss", "perplexity", "bits_per_byte", "unigram_bits_per_byte"
+            ).rows(),
+        ),
+        Section("Evaluation over checkpoints", plot=metrics_plot(results)),
+        Section("Training loss", plot=loss_plot(curves) if curves else None, text="" if curves else "no loss history"),
+        Section(
+            "Tokens by source",
+            plot=tokens_plot(mixture),
+            columns=["source", "train tokens", "weight", "sampling factor"],
+            rows=[
+                (n, s.get("train_tokens", 0), s.get("weight", 0.0), s.get("sampling_factor", 0.0))
+                for n, s in sorted(mixture.items())
+            ],
+        ),
+        Section("Filter funnel", plot=funnel_plot(funnel, FUNNEL_STAGES), columns=funnel.columns, rows=funnel.rows()),
+    ]
+    if removed.height:
+        sections.append(Section("Removed documents by rule", plot=removed_plot(removed)))
+    decontamination = lineage.decontamination()
+    sections.append(
+        Section(
+            "Decontamination",
+            "Training documents removed for sharing 13-grams with an eval set."
+            if decontamination.height
+            else "No training document matched an eval set.",
+            columns=decontamination.columns if decontamination.height else [],
+            rows=decontamination.rows(),
+        )
+    )
+    latest_samples = samples.filter(pl.col("evaluation_id") == checkpoint["evaluation_id"]) if samples.height else None
+    if latest_samples is not None and latest_samples.height:
+        sections.append(
+            Section(
+                "Samples from the latest checkpoint",
+                columns=["prompt", "sample", "end"],
+                rows=latest_samples.select("prompt", "text", "finish_reason").rows(),
+            )
+        )
+    return sections
+
+
+def loss_curves(store: ShardStore, checkpoints: list[str]) -> dict[str, list[float]]:
+    """Each evaluated checkpoint's loss history, as its manifest records it (older checkpoints
+    may not: they are left out)."""
+    curves = {}
+    for relative in checkpoints:
+        path = Path(store.partition_dir(CHECKPOINT, None)) / relative
+        try:
+            history = read_manifest(path).get("loss_history")
+        except OSError:
+            continue
+        if history:
+            curves[relative] = history
+    return curves

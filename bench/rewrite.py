@@ -108,7 +108,7 @@ def main() -> None:
     )
     frame = documents(args.documents)
     started = time.perf_counter()
-    backend = VLLMBackend.start(inspect_model(model), settings, args.max_model_len)
+    backend = VLLMBackend.start(inspect_model(model), settings.vllm, args.max_model_len)
     print(f"engine started in {time.perf_counter() - started:.1f} s (not timed below)", flush=True)
     try:
         rewriter = Rewriter(settings, backend=backend)

@@ -67,8 +67,11 @@ STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
     ("synthetic_token_shards", True),
     ("training_mixture", False),
     ("checkpoint", False),
+    ("evaluation", False),
+    ("model_comparison", False),
     ("crawl_summary", False),
     ("decontamination_report", False),
+    ("report", False),
 ]
 
 

@@ -142,6 +142,14 @@ class LineageCatalog:
         with self.connect(read_only=True) as con:
             return pl.from_arrow(con.sql(sql, params=params or []).to_arrow_table())
 
+    def decontamination(self) -> pl.DataFrame:
+        """Training documents removed for overlapping an eval set: per eval set and crawl batch."""
+        return self.query(
+            "SELECT split_part(detail, ':', 1) AS eval_set, crawl_batch, count(*) AS removed,"
+            " sum(CAST(split_part(detail, ':', 2) AS BIGINT)) AS matched_ngrams FROM removed"
+            " WHERE rule = 'decontamination' GROUP BY ALL ORDER BY eval_set, crawl_batch"
+        )
+
     def find_url(self, url: str) -> pl.DataFrame:
         """Every stage and partition a URL's documents reached (the start of a takedown)."""
         return self.query(

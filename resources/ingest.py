@@ -44,6 +44,8 @@ DOCUMENT_SCHEMA: dict[str, pl.DataType] = {
     "source_bytes": pl.Int64(),
     "capped": pl.Boolean(),
 }
+
+
 class IngestSettings(BaseModel):
     """Defined here, not in resources.settings, so that extraction workers, which re-import the
     caller's main module when spawned, do not drag every other stage's imports along."""

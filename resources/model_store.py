@@ -29,9 +29,12 @@ def publish_directory(store: ShardStore, asset: str, local_dir: Path, manifest: 
     the hash over every file's name and content."""
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())
     contents = {p.relative_to(local_dir).as_posix(): p.read_bytes() for p in files}
-    folder = "model-" + hashlib.sha256(
-        b"".join(name.encode() + sha256_bytes(data).encode() for name, data in contents.items())
-    ).hexdigest()[:16]
+    folder = (
+        "model-"
+        + hashlib.sha256(
+            b"".join(name.encode() + sha256_bytes(data).encode() for name, data in contents.items())
+        ).hexdigest()[:16]
+    )
     directory = store.partition_dir(asset, None)
     manifest.files = []
     for name, data in contents.items():

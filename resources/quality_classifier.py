@@ -16,6 +16,7 @@ everything downstream of the scores stale. Scoring is deterministic whatever the
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import math
@@ -125,20 +126,60 @@ _WIKITEXT_UNK = re.compile(r"<unk> ?")
 _JSONL_SUFFIXES = (".jsonl", ".ndjson")
 
 
-def decode_text(data: bytes) -> str:
-    """UTF-8 (with or without BOM), else cp1252, else latin-1, which decodes any byte, so an
-    odd encoding costs accents, never a crash."""
-    for encoding in ("utf-8-sig", "cp1252"):
+_BOMS = (  # UTF-32 first: its little-endian BOM begins with UTF-16's
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF8, "utf-8-sig"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+
+
+def detect_encoding(data: bytes) -> str:
+    """A byte-order mark decides; else UTF-16 without one when every other byte is NUL (text
+    exported from Windows tools); else UTF-8 when it decodes; else cp1252, else latin-1, which
+    decodes any byte, so an odd single-byte encoding costs accents, never a crash."""
+    for bom, encoding in _BOMS:
+        if data.startswith(bom):
+            return encoding
+    sample = data[:4096]
+    if len(sample) >= 4 and len(sample) % 2 == 0:
+        if sample[1::2].count(0) > 0.9 * len(sample) / 2:
+            return "utf-16-le"
+        if sample[0::2].count(0) > 0.9 * len(sample) / 2:
+            return "utf-16-be"
+    for encoding in ("utf-8", "cp1252"):
         try:
-            return data.decode(encoding)
+            data.decode(encoding)
+            return encoding
         except UnicodeDecodeError:
             continue
-    return data.decode("latin-1")
+    return "latin-1"
 
 
-def read_documents(path: str, *, what: str = "reference file") -> list[str]:
-    """The documents of a text or jsonl file (local path or fsspec URL; .gz, .bz2, .xz are read
-    decompressed).
+def decode_text(data: bytes, encoding: str | None = None) -> str:
+    return data.decode(encoding or detect_encoding(data))
+
+
+def load_text(path: str, *, what: str = "reference file", encoding: str | None = None) -> tuple[str, str]:
+    """A text file's content and the encoding it was read with (`encoding`, or detected).
+    Local path or fsspec URL; .gz, .bz2, .xz are read decompressed."""
+    try:
+        with fsspec.open(path, "rb", compression="infer") as stream:
+            data = stream.read()
+    except FileNotFoundError as exc:
+        raise TextSourceError(f"{what} not found: {path}") from exc
+    except OSError as exc:
+        raise TextSourceError(f"{what} cannot be read: {path}: {exc}") from exc
+    encoding = encoding or detect_encoding(data)
+    try:
+        return data.decode(encoding), encoding
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise TextSourceError(f"{what} {path} cannot be decoded as {encoding}: {exc}") from exc
+
+
+def read_documents(path: str, *, what: str = "reference file", encoding: str | None = None) -> list[str]:
+    """The documents of a text or jsonl file (see `load_text`).
 
     - `*.jsonl` / `*.ndjson`: one JSON object per line, its `text` field a document.
     - WikiText (lines like ` = Title = `): one document per section, its heading as the first
@@ -149,14 +190,11 @@ def read_documents(path: str, *, what: str = "reference file") -> list[str]:
     Files are read whole: reference and evaluation sets are small. `what` names the file's role
     in error messages (e.g. "eval set 'wikitext'").
     """
-    try:
-        with fsspec.open(path, "rb", compression="infer") as stream:
-            data = stream.read()
-    except FileNotFoundError as exc:
-        raise TextSourceError(f"{what} not found: {path}") from exc
-    except OSError as exc:
-        raise TextSourceError(f"{what} cannot be read: {path}: {exc}") from exc
-    text = decode_text(data)
+    text, _ = load_text(path, what=what, encoding=encoding)
+    return split_documents(text, path, what=what)
+
+
+def split_documents(text: str, path: str, *, what: str = "reference file") -> list[str]:
     name = path.rsplit(".", 1)[0] if infer_compression(path) else path
     documents = _jsonl_documents(text, path, what) if name.endswith(_JSONL_SUFFIXES) else _text_documents(text)
     documents = [d for d in documents if d.strip()]

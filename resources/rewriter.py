@@ -356,7 +356,7 @@ class VLLMBackend:
         self.model_path = model_path
 
     @classmethod
-    def start(cls, info: ModelInfo, settings: RewriteSettings, max_model_len: int) -> Self:
+    def start(cls, info: ModelInfo, settings: VLLMSettings, max_model_len: int) -> Self:
         """On CPU, prefill is not chunked: vLLM's CPU build fails ("CPU Generator does not use
         offset") when a seeded request's prefill is split across steps, and per-row seeds are
         what makes a rerun of a shard reproduce its bytes."""
@@ -369,11 +369,11 @@ class VLLMBackend:
             tokenizer=str(info.tokenizer_path),
             max_model_len=max_model_len,
             enable_prefix_caching=True,
-            dtype=settings.vllm.dtype,
-            gpu_memory_utilization=settings.vllm.gpu_memory_utilization,
-            tensor_parallel_size=settings.vllm.tensor_parallel_size,
+            dtype=settings.dtype,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
+            tensor_parallel_size=settings.tensor_parallel_size,
             seed=0,
-            **({"max_num_seqs": settings.vllm.max_num_seqs} if settings.vllm.max_num_seqs else {}),
+            **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
         )
         return cls(llm, info.path)
 
@@ -639,7 +639,7 @@ class Rewriter:
             )
             endpoint.check()
             return endpoint
-        return VLLMBackend.start(self.model_info, self.settings, self.max_model_len)
+        return VLLMBackend.start(self.model_info, self.settings.vllm, self.max_model_len)
 
     def close(self) -> None:
         if self._owns_backend:

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from resources.decontamination import DecontaminationSettings
 from resources.dedup import DedupSettings
+from resources.evaluation import EvaluationSettings
 from resources.heuristics import HeuristicSettings
 from resources.ingest import IngestSettings
 from resources.language_id import LanguageSettings
@@ -134,6 +135,7 @@ class Settings(_Section):
     rewrite: RewriteSettings | None = Field(default=None, description="off when unset: no synthetic documents")
     mixture: MixtureSettings = Field(default_factory=MixtureSettings)
     training: TrainingSettings = Field(default_factory=TrainingSettings)
+    evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""
@@ -173,6 +175,14 @@ class Settings(_Section):
                 ),
                 "storage": self.storage.model_copy(update={"root": _absolute(self.storage.root, base)}),
                 "catalog": self.catalog.model_copy(update={"path": _absolute(self.catalog.path, base)}),
+                "evaluation": self.evaluation.model_copy(
+                    update={
+                        "eval_sets": {
+                            name: spec.model_copy(update={"path": _absolute(spec.path, base)})
+                            for name, spec in self.evaluation.specs().items()
+                        }
+                    }
+                ),
                 "source": self.source.model_copy(
                     update={
                         "url": _absolute(self.source.url, base),

@@ -542,6 +542,7 @@ class _Run:
             "trained_on": trained_on,
             "continued_from": self.lineage["continued_from"],
             "metrics": self._metrics(),
+            "loss_history": list(self.losses),  # the report's loss curves, without loading the trainer state
         }
 
     def _write_files(self, directory: Path) -> None:

@@ -77,6 +77,7 @@ def planted_settings(tmp_path: Path, crawl: Path, **overrides: object) -> Settin
             "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0},
         },
         "dedup": {"wait_retries": 0, "near": {"workers": 1}},
+        "evaluation": {"max_tokens_per_set": 20_000, "generation": {"backend": "none"}},
     }
     for section, values in overrides.items():
         raw[section] = {**raw.get(section, {}), **values}

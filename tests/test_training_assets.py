@@ -9,15 +9,19 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 import polars as pl
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.dedup import DEDUPED
+from assets.evaluation import EVALUATION, MODEL_COMPARISON, RESULTS, read_history
+from assets.reports import REPORT
 from assets.tokenization import TOKEN_SHARDS, TOKENIZER
 from assets.training import CHECKPOINT
 from definitions import build_definitions
-from jobs.demo import materialize_stale, needs_run, tick_sensor
+from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
 from resources.catalog import LineageCatalog
+from resources.evaluation import CheckpointLoadError, EvalSetError
 from resources.settings import Settings
 from resources.storage import ShardStore
 from resources.token_shards import TOKEN_INDEX, TOKENS
@@ -43,6 +47,7 @@ def small_settings(tmp_path: Path, crawl: Path) -> Settings:
                 "micro_batch_size": 4,
                 "warmup_steps": 2,
             },
+            "evaluation": {"max_tokens_per_set": 20_000, "generation": {"backend": "transformers", "max_tokens": 8}},
         }
     ).resolved()
 
@@ -95,3 +100,32 @@ def test_crawl_to_checkpoint_and_a_new_batch(tmp_path: Path, instance: dg.Dagste
     assert (CHECKPOINT, None) in done and not needs_run(defs, instance, CHECKPOINT, None)
     second = store.read_manifest(CHECKPOINT, None)
     assert second.stats["checkpoint"] != checkpoint.stats["checkpoint"] and path.exists()  # history kept
+
+    # Evaluation: one more row in the comparison per new checkpoint, the report shows both.
+    comparison = pl.concat(list(store.iter_frames(store.read_manifest(MODEL_COMPARISON, None), table="comparison")))
+    assert comparison.height == 2 and comparison.get_column("step").to_list() == [6, 6]
+    assert comparison.get_column("generation").n_unique() == 2
+    assert "bpb_wikitext2_valid" in comparison.columns
+    html = Path(store.partition_dir(REPORT, None), "report.html").read_text()
+    assert second.stats["checkpoint"] in html and "data:image/png;base64," in html
+
+    # Re-evaluating the same checkpoint changes nothing; the regression check compares with the first.
+    evaluated = store.read_manifest(EVALUATION, None).data_version
+    result = materialize(defs, instance, [EVALUATION])
+    assert store.read_manifest(EVALUATION, None).data_version == evaluated
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert checks["metrics_finite"].passed
+    assert checks["no_regression_vs_previous"].metadata["previous_checkpoint"].value == checkpoint.stats["checkpoint"]
+
+    # Bad input: a missing eval set fails naming it, before the model loads; nothing written is lost.
+    missing = settings.model_copy(deep=True)
+    missing.evaluation.eval_sets = {"gone_set": str(tmp_path / "gone.txt")}
+    with pytest.raises(EvalSetError, match="gone_set"):
+        materialize(build_definitions(missing), instance, [EVALUATION])
+    # A checkpoint whose weights were damaged fails clearly, and the earlier results stay readable.
+    weights = Path(store.partition_dir(CHECKPOINT, None), second.stats["checkpoint"], "model.safetensors")
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.raises(CheckpointLoadError, match="does not load"):
+        materialize(defs, instance, [EVALUATION])
+    assert store.read_manifest(EVALUATION, None).data_version == evaluated
+    assert read_history(store, RESULTS).get_column("evaluation_id").n_unique() == 2

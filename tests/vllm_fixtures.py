@@ -42,7 +42,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vllm_backend(tiny_model: Path) -> Iterator[VLLMBackend]:
     """The in-process engine every vLLM test borrows; shut down explicitly at the end."""
     settings = RewriteSettings(model_path=str(tiny_model), vllm={"gpu_memory_utilization": _MEMORY_SHARE})
-    backend = VLLMBackend.start(inspect_model(tiny_model), settings, TINY_MAX_MODEL_LEN)
+    backend = VLLMBackend.start(inspect_model(tiny_model), settings.vllm, TINY_MAX_MODEL_LEN)
     try:
         yield backend
     finally:
