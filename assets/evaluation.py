@@ -22,18 +22,20 @@ from resources.evaluation import (
     is_finite_result,
     load_checkpoint,
     load_eval_set,
+    pick_device,
     regressions,
     score_texts,
     training_token_counts,
     unigram_log2_probs,
 )
+from resources.lm_eval_tasks import run_lm_eval
 from resources.report import markdown_table
 from resources.storage import UNPARTITIONED, Manifest, ShardStore, stable_hash
 from resources.versioning import code_version, config_hash
 
 EVALUATION = "evaluation"
 MODEL_COMPARISON = "model_comparison"
-RESULTS, SAMPLES = "results", "samples"
+RESULTS, SAMPLES, TASKS = "results", "samples", "tasks"
 EVAL_LOGIC = "1"
 EVALUATION_CHECKS = ("metrics_finite", "beats_unigram_baseline", "no_regression_vs_previous")
 
@@ -78,6 +80,8 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
                 eval_sets.insert(0, held_out)
             else:
                 context.log.warning("the validation split holds no documents: only the eval sets are scored")
+        if not eval_sets:
+            raise EvaluationError("nothing to evaluate: no eval set is configured and the held-out split is empty")
         checkpoint_dir = Path(store.partition_dir(CHECKPOINT, None)) / latest.stats["checkpoint"]
         model = load_checkpoint(checkpoint_dir, settings.device)
         unigram = unigram_log2_probs(training_token_counts(store, mixture, model.tokenizer.vocab_size))
@@ -94,6 +98,8 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
         ]
         samples = generate_samples(model, settings.generation)
         del model
+        device = str(pick_device(settings.device))
+        tasks = run_lm_eval(checkpoint_dir, settings.lm_eval, device) if settings.lm_eval else {}
         evaluation_id = stable_hash([latest.data_version, version])[:16]
         described = {
             "evaluation_id": evaluation_id,
@@ -106,18 +112,24 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
             "mixture": _describe_mixture(mixture),
             "tokens_seen": int(read_manifest(checkpoint_dir).get("total_tokens_seen", 0)),
         }
-        rows = [{**described, **score.row()} for score in scores]
-        named = [{"evaluation_id": evaluation_id, "checkpoint": described["checkpoint"], **vars(s)} for s in samples]
-        results, all_samples, others = _with_history(store, rows, named, context.run_id)
+        which = {"evaluation_id": evaluation_id, "checkpoint": described["checkpoint"]}
+        tables = _with_history(
+            store,
+            {
+                RESULTS: [{**described, **score.row()} for score in scores],
+                SAMPLES: [{**which, **vars(sample)} for sample in samples],
+                TASKS: [{**which, "task": task, **metrics} for task, metrics in tasks.items()],
+            },
+            context.run_id,
+        )
+        results = tables[RESULTS]
         rows_frame = results.filter(pl.col("evaluation_id") == evaluation_id)
+        others = results.filter(pl.col("evaluation_id") != evaluation_id)
         manifest = store.commit(
             Manifest(
                 asset=EVALUATION,
                 partition=UNPARTITIONED,
-                files=[
-                    store.write_parquet_shard(EVALUATION, None, 0, results, RESULTS),
-                    store.write_parquet_shard(EVALUATION, None, 0, all_samples, SAMPLES),
-                ],
+                files=[store.write_parquet_shard(EVALUATION, None, 0, frame, table) for table, frame in tables.items()],
                 config_hash=config_hash(shaping),
                 code_version=version,
                 inputs={CHECKPOINT: latest.data_version, TRAINING_MIXTURE: mixture_version},
@@ -142,6 +154,7 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
                     if decontamination.height
                     else "no training document matched an eval set"
                 ),
+                **{f"{metric}/{task}": round(v, 4) for task, m in tasks.items() for metric, v in m.items()},
                 "evaluations_so_far": results.get_column("evaluation_id").n_unique(),
             },
             check_results=_checks(rows_frame, others, settings.regression_tolerance),
@@ -150,37 +163,37 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
     return evaluation
 
 
-_SAMPLE_SCHEMA = {
-    "evaluation_id": pl.String,
-    "checkpoint": pl.String,
-    "prompt": pl.String,
-    "text": pl.String,
-    "finish_reason": pl.String,
-    "output_tokens": pl.Int64,
+_SCHEMAS = {
+    SAMPLES: {
+        "evaluation_id": pl.String,
+        "checkpoint": pl.String,
+        "prompt": pl.String,
+        "text": pl.String,
+        "finish_reason": pl.String,
+        "output_tokens": pl.Int64,
+    },
+    TASKS: {"evaluation_id": pl.String, "checkpoint": pl.String, "task": pl.String},
 }
 
 
-def _with_history(
-    store: ShardStore, rows: list[dict], sample_rows: list[dict], run_id: str
-) -> tuple[pl.DataFrame, pl.DataFrame, pl.DataFrame]:
-    """(all results, all samples, the other evaluations' results). Re-evaluating a checkpoint
-    with the same settings replaces its rows but keeps their first date and run, so equal
-    numbers give equal bytes and the data version stays."""
-    evaluation_id = rows[0]["evaluation_id"]
-    history, sample_history = read_history(store, RESULTS), read_history(store, SAMPLES)
-    if history.height:
-        same, others = (
-            history.filter(pl.col("evaluation_id") == evaluation_id),
-            history.filter(pl.col("evaluation_id") != evaluation_id),
-        )
-    else:
-        same, others = history, history
-    first = same.row(0, named=True) if same.height else {"evaluated_at": datetime.now(UTC), "run_id": run_id}
-    new = pl.DataFrame([{"evaluated_at": first["evaluated_at"], "run_id": first["run_id"], **row} for row in rows])
-    results = pl.concat([others, new], how="diagonal_relaxed").sort("evaluated_at", "evaluation_id", "eval_set")
-    kept = sample_history.filter(pl.col("evaluation_id") != evaluation_id) if sample_history.height else sample_history
-    samples = pl.concat([kept, pl.DataFrame(sample_rows, schema=_SAMPLE_SCHEMA)], how="diagonal_relaxed")
-    return results, samples, others
+def _with_history(store: ShardStore, new: dict[str, list[dict]], run_id: str) -> dict[str, pl.DataFrame]:
+    """Each table (results, samples, tasks) with this evaluation's rows in place of any earlier
+    ones of the same evaluation_id. Re-evaluating a checkpoint with the same settings keeps its
+    first date and run, so equal numbers give equal bytes and the data version stays."""
+    evaluation_id = new[RESULTS][0]["evaluation_id"]
+    tables = {}
+    for table, rows in new.items():
+        history = read_history(store, table)
+        same = history.filter(pl.col("evaluation_id") == evaluation_id) if history.height else history
+        others = history.filter(pl.col("evaluation_id") != evaluation_id) if history.height else history
+        if table == RESULTS:
+            first = same.row(0, named=True) if same.height else {"evaluated_at": datetime.now(UTC), "run_id": run_id}
+            rows = [{"evaluated_at": first["evaluated_at"], "run_id": first["run_id"], **row} for row in rows]
+        schema = _SCHEMAS.get(table)
+        frame = pl.DataFrame(rows, schema_overrides=schema) if rows else pl.DataFrame(schema=schema)
+        tables[table] = pl.concat([others, frame], how="diagonal_relaxed")
+    tables[RESULTS] = tables[RESULTS].sort("evaluated_at", "evaluation_id", "eval_set")
+    return tables
 
 
 def _describe_mixture(mixture: dict[str, dict]) -> str:
@@ -255,13 +268,18 @@ def _previous(history: pl.DataFrame, current: dict) -> tuple[str, dict[str, floa
     return chosen.get_column("checkpoint")[0], values
 
 
-def _comparison(results: pl.DataFrame) -> pl.DataFrame:
-    """One row per evaluated checkpoint, oldest first: bits-per-byte per eval set as columns."""
+def _comparison(results: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
+    """One row per evaluated checkpoint, oldest first: bits-per-byte per eval set and accuracy
+    per downstream task as columns."""
     keys = ["evaluation_id", "evaluated_at", "generation", "step", "tokens_seen", "mixture", "checkpoint_data_version"]
     keys += ["mixture_data_version", "checkpoint"]
     wide = results.pivot(on="eval_set", index=keys, values="bits_per_byte", aggregate_function="first")
-    renamed = {c: f"bpb_{c}" for c in wide.columns if c not in keys}
-    return wide.rename(renamed).sort("evaluated_at", "evaluation_id")
+    wide = wide.rename({c: f"bpb_{c}" for c in wide.columns if c not in keys})
+    if tasks.height:
+        accuracy = tasks.pivot(on="task", index="evaluation_id", values="acc", aggregate_function="first")
+        wide = wide.join(accuracy.rename({c: f"acc_{c}" for c in accuracy.columns if c != "evaluation_id"}),
+                         on="evaluation_id", how="left")  # fmt: skip
+    return wide.sort("evaluated_at", "evaluation_id")
 
 
 @dg.asset(
@@ -278,7 +296,7 @@ def model_comparison(storage: StorageResource) -> dg.MaterializeResult:
     results = read_history(store, RESULTS)
     if not results.height:
         raise EvaluationError(f"{EVALUATION} holds no results: materialize it first")
-    table = _comparison(results)
+    table = _comparison(results, read_history(store, TASKS))
     shard = store.write_parquet_shard(MODEL_COMPARISON, None, 0, table, "comparison")
     manifest = store.commit(
         Manifest(asset=MODEL_COMPARISON, partition=UNPARTITIONED, files=[shard], stats={"checkpoints": table.height})

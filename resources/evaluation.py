@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.checkpoints import MANIFEST_FILE, CheckpointError, read_manifest, resolve_checkpoint
+from resources.eval_errors import CheckpointLoadError, EvalSetError, EvaluationError
+from resources.lm_eval_tasks import LmEvalSettings
 from resources.quality_classifier import TextSourceError, load_text, split_documents
 from resources.rewriter import VLLMSettings
 from resources.storage import ShardStore
@@ -47,18 +49,6 @@ DEFAULT_PROMPTS = (
     "Die Geschichte der Stadt",
     "Question: What is the capital of France?\nAnswer:",
 )
-
-
-class EvaluationError(ValueError):
-    """An evaluation that cannot run on what it was given."""
-
-
-class EvalSetError(EvaluationError):
-    """An eval set that is missing, empty or unreadable."""
-
-
-class CheckpointLoadError(EvaluationError):
-    """A checkpoint directory that does not load as a model with its tokenizer."""
 
 
 class _Section(BaseModel):
@@ -95,6 +85,9 @@ class EvaluationSettings(_Section):
     generation: GenerationSettings = Field(default_factory=GenerationSettings)
     regression_tolerance: float = Field(
         default=0.02, ge=0, description="bits-per-byte may rise this much (relative) over the previous checkpoint"
+    )
+    lm_eval: LmEvalSettings | None = Field(
+        default=None, description="downstream tasks from local files with lm-evaluation-harness (the `eval` extra)"
     )
 
     def specs(self) -> dict[str, EvalSetSpec]:
@@ -363,7 +356,8 @@ def generate_samples(checkpoint: LoadedCheckpoint, settings: GenerationSettings)
     if settings.backend == "none" or not settings.prompts:
         return []
     tokenizer = checkpoint.tokenizer
-    prompts = [[tokenizer.eos_id, *e.ids] for e in tokenizer.tokenizer.encode_batch(settings.prompts)]
+    encoded = tokenizer.tokenizer.encode_batch(settings.prompts, add_special_tokens=False)
+    prompts = [[tokenizer.eos_id, *e.ids] for e in encoded]
     if settings.backend == "vllm":
         return _vllm_samples(checkpoint, settings, prompts)
     return _transformers_samples(checkpoint, settings, prompts)

@@ -36,14 +36,17 @@ class Section:
 
 
 def markdown_table(rows: Sequence[Sequence[object]], columns: Sequence[str]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(value) for value in row) + " |" for row in rows]
+    lines = ["| " + " | ".join(_markdown_cell(c) for c in columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_markdown_cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _cell(value: object) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
+def _format(value: object) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _markdown_cell(value: object) -> str:
+    return _format(value).replace("|", "\\|").replace("\n", " ")
 
 
 def render_markdown(title: str, sections: Sequence[Section], inline_images: bool) -> str:
@@ -73,7 +76,7 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
         if section.columns:
             head = "".join(f"<th>{html.escape(c)}</th>" for c in section.columns)
             rows = "".join(
-                "<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in section.rows
+                "<tr>" + "".join(f"<td>{html.escape(_format(v))}</td>" for v in row) + "</tr>" for row in section.rows
             )
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
     style = (

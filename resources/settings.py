@@ -180,7 +180,8 @@ class Settings(_Section):
                         "eval_sets": {
                             name: spec.model_copy(update={"path": _absolute(spec.path, base)})
                             for name, spec in self.evaluation.specs().items()
-                        }
+                        },
+                        "lm_eval": self.evaluation.lm_eval and self.evaluation.lm_eval.resolved(base),
                     }
                 ),
                 "source": self.source.model_copy(

@@ -1,5 +1,6 @@
-"""Synthetic rewriting as a real materialization (vLLM on the CPU inside the asset), feeding the
-training mixture and the checkpoint: every synthetic document traces to its source."""
+"""The whole graph as real materializations on a tiny sample, vLLM on the CPU inside two assets
+(synthetic rewriting, evaluation samples): every synthetic document traces to its source, the
+checkpoint trains on the mixture, and it is evaluated, compared and reported."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ import polars as pl
 import pytest
 
 from assets.dedup import DEDUPED
+from assets.evaluation import RESULTS, SAMPLES, read_history
+from assets.reports import REPORT
 from assets.rewriting import MIXTURE_FILE, SYNTHETIC, TRAINING_MIXTURE
 from assets.training import CHECKPOINT
 from definitions import SYNTHETIC_TOKEN_SHARDS, build_definitions
-from jobs.demo import materialize_stale, tick_sensor
+from jobs.demo import materialize_stale, needs_run, tick_sensor
 from resources.settings import Settings
 from resources.storage import ShardStore
 from resources.tiny_model import build_tiny_model
@@ -24,7 +27,7 @@ from tests.conftest import SAMPLE_DIR
 pytestmark = pytest.mark.vllm
 
 
-def test_rewrite_mixture_and_checkpoint(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+def test_full_graph_from_crawl_to_report(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     crawl = tmp_path / "crawl"
     crawl.mkdir()
     shutil.copy(sorted(SAMPLE_DIR.iterdir())[0], crawl)
@@ -54,6 +57,10 @@ def test_rewrite_mixture_and_checkpoint(tmp_path: Path, instance: dg.DagsterInst
                 "micro_batch_size": 4,
                 "warmup_steps": 1,
             },
+            "evaluation": {
+                "max_tokens_per_set": 20_000,
+                "generation": {"backend": "vllm", "max_tokens": 8, "vllm": {"gpu_memory_utilization": 0.2}},
+            },
         }
     ).resolved()
     defs = build_definitions(settings)
@@ -77,3 +84,18 @@ def test_rewrite_mixture_and_checkpoint(tmp_path: Path, instance: dg.DagsterInst
     assert mixture["synthetic"]["sampling_factor"] > 1 > mixture["crawl"]["sampling_factor"]  # synthetic upsampled
     checkpoint = store.read_manifest(CHECKPOINT, None)
     assert store.read_manifest(SYNTHETIC_TOKEN_SHARDS, batch).data_version in checkpoint.inputs.values()
+
+    # Every asset of the graph is materialized and fresh; the evaluation has vLLM samples.
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        partitions = [batch] if graph.get(key).is_partitioned else [None]
+        assert not any(needs_run(defs, instance, key.to_user_string(), p) for p in partitions), key
+    samples = read_history(store, SAMPLES)
+    assert samples.height == len(settings.evaluation.generation.prompts)
+    assert (samples.get_column("output_tokens") > 0).all()
+    results = read_history(store, RESULTS)
+    assert set(results.get_column("eval_set")) >= {"wikitext2_valid"}
+    assert results.get_column("checkpoint").unique().to_list() == [checkpoint.stats["checkpoint"]]
+    html = Path(store.partition_dir(REPORT, None), "report.html").read_text()
+    for heading in ("Filter funnel", "Tokens by source", "Training loss", "Evaluation over checkpoints", "Samples"):
+        assert heading in html

@@ -47,7 +47,11 @@ def small_settings(tmp_path: Path, crawl: Path) -> Settings:
                 "micro_batch_size": 4,
                 "warmup_steps": 2,
             },
-            "evaluation": {"max_tokens_per_set": 20_000, "generation": {"backend": "transformers", "max_tokens": 8}},
+            "evaluation": {
+                "max_tokens_per_set": 20_000,
+                "generation": {"backend": "transformers", "max_tokens": 8},
+                "lm_eval": {"limit": 4},
+            },
         }
     ).resolved()
 
@@ -106,6 +110,7 @@ def test_crawl_to_checkpoint_and_a_new_batch(tmp_path: Path, instance: dg.Dagste
     assert comparison.height == 2 and comparison.get_column("step").to_list() == [6, 6]
     assert comparison.get_column("generation").n_unique() == 2
     assert "bpb_wikitext2_valid" in comparison.columns
+    assert comparison.get_column("acc_everyday_facts").is_between(0, 1).all()  # lm-eval on a local task
     html = Path(store.partition_dir(REPORT, None), "report.html").read_text()
     assert second.stats["checkpoint"] in html and "data:image/png;base64," in html
 
