@@ -111,16 +111,40 @@ def run(settings: Settings, instance: dg.DagsterInstance) -> None:
             )
         )
         print(catalog.query("SELECT stage, rule, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"))
-    event = instance.get_latest_materialization_event(dg.AssetKey("checkpoint"))
-    if event is not None and event.asset_materialization is not None:
-        values = {k: v.value for k, v in event.asset_materialization.metadata.items()}
-        print(
-            f"checkpoint: {values['checkpoint']}  step {values['step']}, final loss {values['final_loss']}, "
-            f"{values['tokens_seen']} tokens at {values['tokens_per_second']} tokens/s"
-        )
+    print(summary(defs, instance, settings))
     print(f"shards and manifests: {settings.storage.root}")
     print(f"lineage catalog (DuckDB): {settings.catalog.path}")
     print("browse it: make ui  ->  http://127.0.0.1:3000")
+
+
+def summary(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings) -> str:
+    """Tokens, the checkpoint, its scores and where the report is, from the latest materializations."""
+
+    def latest(asset: str) -> dict[str, object]:
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        if event is None or event.asset_materialization is None:
+            return {}
+        return {k: v.value for k, v in event.asset_materialization.metadata.items()}
+
+    lines = []
+    mixture = latest("training_mixture")
+    if mixture:
+        tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in mixture.items())
+        lines.append(f"train tokens: {tokens}")
+    checkpoint = latest("checkpoint")
+    if checkpoint:
+        lines.append(
+            f"checkpoint: {checkpoint['checkpoint']}\n  step {checkpoint['step']}, "
+            f"final loss {checkpoint['final_loss']}, {checkpoint['tokens_seen']:,} tokens "
+            f"at {checkpoint['tokens_per_second']} tokens/s"
+        )
+    scores = {k.split("/", 1)[1]: v for k, v in latest("evaluation").items() if k.startswith("bits_per_byte/")}
+    if scores:
+        lines.append("bits per byte: " + ", ".join(f"{name} {value}" for name, value in scores.items()))
+    report = latest("report")
+    if report:
+        lines.append(f"report: {report['html']}")
+    return "\n".join(lines)
 
 
 def main() -> None:
