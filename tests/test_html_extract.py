@@ -95,9 +95,7 @@ def test_page_capped_inside_a_multibyte_character_stays_utf8(tmp_path: Path) -> 
     assert GERMAN in out.text_of("http://cut.example.org/")
 
 
-@pytest.mark.parametrize(
-    "charset", ["utf-8", None, "windows-1252", "iso-8859-1"]
-)
+@pytest.mark.parametrize("charset", ["utf-8", None, "windows-1252", "iso-8859-1"])
 def test_random_binary_labelled_html_is_undecodable(charset: str | None) -> None:
     assert extract(random.Random(3).randbytes(20_000), charset).skip == "undecodable"
 

@@ -66,9 +66,7 @@ def test_trained_tokenizer_loads_with_autotokenizer_and_round_trips(trained: Tra
     assert len(auto(sample)["input_ids"]) < len(sample.encode()) / 2.5
 
 
-def test_training_is_deterministic_and_order_independent(
-    tmp_path: Path, corpus: list[str], trained: TrainedTokenizer
-):
+def test_training_is_deterministic_and_order_independent(tmp_path: Path, corpus: list[str], trained: TrainedTokenizer):
     again = train_tokenizer(iter(reversed(corpus)), SETTINGS, tmp_path / "again")
     assert again.version == trained.version
     assert (again.path / "tokenizer.json").read_bytes() == (trained.path / "tokenizer.json").read_bytes()
