@@ -2,7 +2,6 @@
 
 import posixpath
 from datetime import UTC, datetime
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -82,7 +81,7 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
                 context.log.warning("the validation split holds no documents: only the eval sets are scored")
         if not eval_sets:
             raise EvaluationError("nothing to evaluate: no eval set is configured and the held-out split is empty")
-        checkpoint_dir = Path(store.partition_dir(CHECKPOINT, None)) / latest.stats["checkpoint"]
+        checkpoint_dir = store.local_partition(latest) / latest.stats["checkpoint"]
         model = load_checkpoint(checkpoint_dir, settings.device)
         unigram = unigram_log2_probs(training_token_counts(store, mixture, model.tokenizer.vocab_size))
         scores = [

@@ -1,7 +1,6 @@
 """Views for people: what the crawl batches hold, what decontamination removed, and the report."""
 
 import posixpath
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -11,7 +10,7 @@ from assets.ingest import RAW_DOCUMENTS
 from assets.rewriting import TRAINING_MIXTURE, read_mixture
 from assets.training import CHECKPOINT
 from resources.catalog import LineageCatalog
-from resources.checkpoints import read_manifest
+from resources.checkpoints import MANIFEST_FILE
 from resources.dagster_resources import CatalogResource, StorageResource
 from resources.report import (
     Section,
@@ -203,10 +202,10 @@ def loss_curves(store: ShardStore, checkpoints: list[str]) -> dict[str, list[flo
     may not: they are left out)."""
     curves = {}
     for relative in checkpoints:
-        path = Path(store.partition_dir(CHECKPOINT, None)) / relative
+        path = posixpath.join(store.partition_dir(CHECKPOINT, None), relative, MANIFEST_FILE)
         try:
-            history = read_manifest(path).get("loss_history")
-        except OSError:
+            history = store.read_json(path).get("loss_history")
+        except (OSError, ValueError):
             continue
         if history:
             curves[relative] = history

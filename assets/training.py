@@ -26,19 +26,20 @@ TRAIN_LOGIC = "1"
 def token_files(
     store: ShardStore, asset: str, partitions: dict[str, str], drop_prefix: bool = False
 ) -> list[TokenFile]:
-    """The train split of the named token-shard partitions, in order (local files: memmapped);
-    `drop_prefix` leaves out the MeCo metadata prefixes (the cool-down's view of the same shards)."""
-    if not store.is_local:
-        raise NotImplementedError("training reads token shards by memory map: use a local storage root")
+    """The train split of the named token-shard partitions, in order, memory-mapped (from a local
+    mirror when the store is remote); `drop_prefix` leaves out the MeCo metadata prefixes (the
+    cool-down's view of the same shards)."""
     files = []
     for key in partitions:
         manifest = upstream_manifest(store, asset, key)
-        tokens, indexes = sorted(store.shard_paths(manifest, TOKENS)), sorted(store.shard_paths(manifest, TOKEN_INDEX))
+        root = store.local_partition(manifest)
+        tokens = sorted(f.path for f in manifest.files if f.table == TOKENS)
+        indexes = sorted(f.path for f in manifest.files if f.table == TOKEN_INDEX)
         for path, index in zip(tokens, indexes, strict=True):
             files.append(
                 TokenFile.from_index(
-                    path,
-                    index,
+                    str(root / path),
+                    str(root / index),
                     dtype=manifest.stats["dtype"],
                     data_version=manifest.data_version,
                     drop_prefix=drop_prefix,
@@ -88,14 +89,14 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
             old = [f for f in files if f.data_version in seen]
             if new:
                 sources = with_replay(new, old, settings.replay_fraction if old else 0.0)
-                continue_from = str(Path(store.partition_dir(CHECKPOINT, None)) / previous.stats["checkpoint"])
+                continue_from = str(store.local_partition(previous) / previous.stats["checkpoint"])
         inputs = {f"{Path(f.path).parent.parent.name}/{Path(f.path).name}": f.data_version for f in files}
         inputs[TOKENIZER] = tokenizer_manifest.data_version
         inputs[TRAINING_MIXTURE] = mixture_version
         # One run directory per (settings, data): rerunning after a kill resumes it; new data or
         # settings start a new generation beside the old ones.
         run_name = f"run-{stable_hash([shaping, inputs, continue_from])[:12]}"
-        run_dir = Path(store.partition_dir(CHECKPOINT, None)) / run_name
+        run_dir = store.local_dir(CHECKPOINT, None) / run_name  # remote stores: trained locally, final step uploaded
         config = TrainConfig(
             out_dir=str(run_dir),
             vocab_size=tokenizer.vocab_size,
@@ -125,6 +126,7 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
             for p in sorted(final.iterdir())
             if p.is_file()
         ]
+        store.upload_files(CHECKPOINT, None, run_dir.parent, sorted(p for p in final.iterdir() if p.is_file()))
         manifest = store.commit(
             Manifest(
                 asset=CHECKPOINT,

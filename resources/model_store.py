@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import posixpath
-import tempfile
 from pathlib import Path
 
 from resources.storage import Manifest, ShardInfo, ShardStore, sha256_bytes
@@ -45,19 +44,10 @@ def publish_directory(store: ShardStore, asset: str, local_dir: Path, manifest: 
     return store.commit(manifest)
 
 
-def fetch_model(store: ShardStore, asset: str, cache_dir: str | None = None) -> tuple[Path, Manifest]:
-    """A local copy of the asset's current model: the file, or the folder for a published folder."""
+def fetch_model(store: ShardStore, asset: str) -> tuple[Path, Manifest]:
+    """A local path to the asset's current model: the file, or the folder for a published folder."""
     manifest = store.read_manifest(asset, None)
     if manifest is None or MODEL not in manifest.tables():
         raise FileNotFoundError(f"{asset} has no published model: materialize it first")
-    cache = Path(cache_dir or tempfile.gettempdir()) / "crawl2ckpt-models"
-    directory = store.partition_dir(asset, None)
-    for info in manifest.files:
-        local = cache / info.path
-        if not local.exists():
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(local.name + ".part")
-            tmp.write_bytes(store.read_bytes(posixpath.join(directory, info.path)))
-            tmp.replace(local)
     first = manifest.files[0].path
-    return cache / (first.split("/", 1)[0] if "/" in first else first), manifest
+    return store.local_partition(manifest) / first.split("/", 1)[0], manifest

@@ -12,11 +12,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import posixpath
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import fsspec
@@ -211,6 +214,42 @@ class ShardStore:
         if self._is_local:
             return pl.scan_parquet(paths) if paths else pl.LazyFrame()
         return pl.concat([self.read_shard(path) for path in paths]).lazy() if paths else pl.LazyFrame()
+
+    # -- local mirrors: for tools that only open local paths (memory maps, PyTorch, fastText) --
+    def local_dir(self, asset: str, partition: str | None) -> Path:
+        """Where a partition's files are on local disk: the partition itself when the store is
+        local; otherwise a mirror under `$CRAWL2CKPT_CACHE` (default: the temp directory), keyed
+        by the store's URL, which survives a killed run so a restarted one resumes from it."""
+        if self._is_local:
+            return Path(self.partition_dir(asset, partition))
+        cache = Path(os.environ.get("CRAWL2CKPT_CACHE") or tempfile.gettempdir()) / "crawl2ckpt-cache"
+        return cache / hashlib.sha256(self.root.encode()).hexdigest()[:12] / asset / (partition or UNPARTITIONED)
+
+    def local_partition(self, manifest: Manifest) -> Path:
+        """`local_dir` with every file the manifest names present: downloaded once (to a temporary
+        name, then renamed, so a partial download is never taken for a file)."""
+        root = self.local_dir(manifest.asset, manifest.partition)
+        if self._is_local:
+            return root
+        directory = self.partition_dir(manifest.asset, manifest.partition)
+        for info in manifest.files:
+            local = root / info.path
+            if local.exists() and local.stat().st_size == info.bytes:
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".part-{uuid.uuid4().hex}-{local.name}")
+            self.fs.get_file(posixpath.join(directory, info.path), str(tmp))
+            tmp.replace(local)
+        return root
+
+    def upload_files(self, asset: str, partition: str | None, local_root: Path, files: list[Path]) -> None:
+        """Copy files from a local mirror into the store at the same relative paths (no-op for a
+        local store, where the mirror is the partition itself)."""
+        if self._is_local:
+            return
+        directory = self.partition_dir(asset, partition)
+        for file in files:
+            self.write_bytes(posixpath.join(directory, file.relative_to(local_root).as_posix()), file.read_bytes())
 
     def iter_frames(
         self, manifest: Manifest, columns: list[str] | None = None, table: str = DOCUMENTS

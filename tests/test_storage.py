@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import socket
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -10,8 +12,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
+from assets.evaluation import RESULTS, read_history
+from assets.reports import REPORT
 from definitions import build_definitions
-from jobs.demo import materialize, tick_sensor
+from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
+from resources.catalog import LineageCatalog
+from resources.crawl_sources import BatchRegistry
 from resources.settings import Settings
 from resources.storage import MANIFEST_NAME, Manifest, ShardStore
 from tests.conftest import SAMPLE_DIR
@@ -80,8 +86,11 @@ def s3_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
+    url = f"http://127.0.0.1:{port}"
+    # moto keeps its buckets in process-wide state: each test starts from an empty S3.
+    urllib.request.urlopen(urllib.request.Request(f"{url}/moto-api/reset", method="POST"), timeout=10).close()
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         server.stop()
 
@@ -112,3 +121,49 @@ def test_ingest_from_and_to_s3(tmp_path: Path, instance: dg.DagsterInstance, s3_
     assert documents.height == manifest.rows > 0
     assert documents.get_column("warc_path").str.starts_with("s3://crawls/").all()
     assert not [p for p in fs.find("lake") if "/.tmp-" in p]
+
+
+def test_crawl_to_report_on_s3(
+    tmp_path: Path, instance: dg.DagsterInstance, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every stage with its shards, models and checkpoints on S3: training and evaluation work on
+    local mirrors (memory maps and PyTorch need local files) and publish back."""
+    import s3fs
+
+    monkeypatch.setenv("CRAWL2CKPT_CACHE", str(tmp_path / "cache"))
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "use_listings_cache": False}
+    s3fs.S3FileSystem(**options).mkdir("lake")
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    shutil.copy(sorted(SAMPLE_DIR.iterdir())[0], crawl)
+    settings = Settings.model_validate(
+        {
+            "storage": {"root": "s3://lake/c2c", "storage_options": options},
+            "catalog": {"path": str(tmp_path / "catalog.duckdb")},
+            "source": {"url": str(crawl)},
+            "ingest": {"workers": 1},
+            "quality": {
+                "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0}
+            },
+            "dedup": {"wait_retries": 0, "near": {"workers": 1}},
+            "tokenizer": {"vocab_size": 600},
+            "training": {"max_steps": 4, "checkpoint_every": 2, "seq_len": 32, "micro_batch_size": 4},
+            "evaluation": {"max_tokens_per_set": 5_000, "generation": {"backend": "transformers", "max_tokens": 4}},
+        }
+    ).resolved()
+    defs = build_definitions(settings)
+    tick_sensor(defs, instance)
+    materialize_stale(defs, instance)
+    store = ShardStore("s3://lake/c2c", options)
+    checkpoint = store.read_manifest("checkpoint", None)
+    weights = f"{store.partition_dir('checkpoint', None)}/{checkpoint.stats['checkpoint']}/model.safetensors"
+    assert store.fs.size(weights) == next(f.bytes for f in checkpoint.files if f.path.endswith("model.safetensors"))
+    results = read_history(store, RESULTS)
+    assert results.get_column("checkpoint").unique().to_list() == [checkpoint.stats["checkpoint"]]
+    assert "Training loss" in store.read_bytes(f"{store.partition_dir(REPORT, None)}/report.html").decode()
+    assert not needs_run(defs, instance, REPORT, None)
+    # Another machine recreates the lineage catalog from the bucket alone.
+    rebuilt = LineageCatalog(str(tmp_path / "rebuilt.duckdb"))
+    rebuilt.rebuild(store, BatchRegistry(store).all_specs())
+    count = "SELECT count(*) FROM documents"
+    assert rebuilt.query(count).item() == LineageCatalog(settings.catalog.path).query(count).item() > 0
