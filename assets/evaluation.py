@@ -142,6 +142,8 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
             data_version=dg.DataVersion(manifest.data_version),
             metadata={
                 "checkpoint": described["checkpoint"],
+                "trained_on": f"{described['mixture']}, {described['tokens_seen']:,} tokens",
+                "mixture_data_version": mixture_version,
                 **{f"bits_per_byte/{s.eval_set}": round(s.bits_per_byte, 4) for s in scores},
                 **{f"perplexity/{s.eval_set}": round(s.perplexity, 2) for s in scores},
                 "scores": dg.MetadataValue.md(_scores_markdown(rows_frame, decontamination)),
