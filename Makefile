@@ -53,6 +53,7 @@ bench: $(VENV)/.installed $(BENCH_VENV)/.installed
 	$(PY) -P bench/tokenization.py
 	$(PY) -P bench/train.py
 	$(PY) -P bench/rewrite.py
+	$(PY) -P bench/evaluation.py
 
 clean:
 	rm -rf .data .dagster_home

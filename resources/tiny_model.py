@@ -119,6 +119,46 @@ def build_tiny_model(
     return out
 
 
+def train_tiny_checkpoint(
+    texts: Sequence[str],
+    out_dir: Path,
+    *,
+    vocab_size: int,
+    seq_len: int,
+    micro_batch_size: int,
+    steps: int,
+    lr: float = 3e-3,
+    device: str = "auto",
+) -> Path:
+    """A *trained* checkpoint of our own loop (tokenizer trained here on `texts`, tiny preset,
+    every step directory verifiable), for tests and benchmarks that need one in seconds; returns
+    the last step directory."""
+    import numpy as np
+
+    from resources.tokenizer import TokenizerSettings, train_tokenizer
+    from resources.train_data import TokenFile, TokenSource
+    from resources.trainer import TrainConfig, train
+
+    tokenizer = train_tokenizer(iter(texts), TokenizerSettings(vocab_size=vocab_size), out_dir / "tokenizer")
+    ids = [i for text in texts for i in (*tokenizer.tokenizer.encode(text).ids, tokenizer.eos_id)]
+    tokens = out_dir / "tokens.bin"
+    np.asarray(ids, dtype="<u2").tofile(tokens)
+    config = TrainConfig(
+        out_dir=str(out_dir / "run"),
+        vocab_size=tokenizer.vocab_size,
+        seq_len=seq_len,
+        micro_batch_size=micro_batch_size,
+        max_steps=steps,
+        warmup_steps=max(1, steps // 10),
+        lr=lr,
+        checkpoint_every=steps,
+        device=device,
+        tokenizer_path=str(tokenizer.path),
+        eos_token_id=tokenizer.eos_id,
+    )
+    return train(config, [TokenSource("text", [TokenFile(str(tokens))])]).checkpoint
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out_dir", type=Path)

@@ -8,14 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from resources.quality_classifier import read_documents
 from resources.settings import PROJECT_ROOT
-from resources.tokenizer import TokenizerSettings, train_tokenizer
-from resources.train_data import TokenFile, TokenSource
-from resources.trainer import TrainConfig, train
+from resources.tiny_model import train_tiny_checkpoint
 
 pytestmark = pytest.mark.vllm
 
@@ -33,26 +30,9 @@ finally:
 
 def test_trained_checkpoint_generates_with_vllm(tmp_path: Path) -> None:
     texts = read_documents(str(PROJECT_ROOT / "data/reference/wikitext2_reference.txt"))
-    tokenizer = train_tokenizer(texts, TokenizerSettings(vocab_size=512), tmp_path / "tokenizer")
-    ids = [i for text in texts for i in (*tokenizer.tokenizer.encode(text).ids, tokenizer.eos_id)]
-    tokens = tmp_path / "tokens.bin"
-    np.asarray(ids, dtype="<u2").tofile(tokens)
-    result = train(
-        TrainConfig(
-            out_dir=str(tmp_path / "run"),
-            vocab_size=tokenizer.vocab_size,
-            seq_len=64,
-            micro_batch_size=4,
-            max_steps=4,
-            warmup_steps=1,
-            checkpoint_every=4,
-            tokenizer_path=str(tokenizer.path),
-            eos_token_id=tokenizer.eos_id,
-        ),
-        [TokenSource("reference", [TokenFile(str(tokens))])],
-    )
+    checkpoint = train_tiny_checkpoint(texts, tmp_path, vocab_size=512, seq_len=64, micro_batch_size=4, steps=4)
     done = subprocess.run(
-        [sys.executable, "-c", _GENERATE, str(result.checkpoint)], capture_output=True, text=True, timeout=400
+        [sys.executable, "-c", _GENERATE, str(checkpoint)], capture_output=True, text=True, timeout=400
     )
     assert done.returncode == 0, done.stderr[-3000:]
     generated = json.loads(next(line for line in done.stdout.splitlines() if line.startswith('{"tokens"')))

@@ -39,9 +39,8 @@ from resources.evaluation import (
 )
 from resources.quality_classifier import read_documents
 from resources.settings import PROJECT_ROOT
-from resources.tokenizer import TokenizerSettings, TrainedTokenizer, train_tokenizer
-from resources.train_data import TokenFile, TokenSource
-from resources.trainer import TrainConfig, train
+from resources.tiny_model import train_tiny_checkpoint
+from resources.tokenizer import TrainedTokenizer
 
 REFERENCE = PROJECT_ROOT / "data" / "reference" / "wikitext2_reference.txt"
 TRAIN_SEQ_LEN = 32
@@ -62,25 +61,10 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory) and two optimizer steps of the tiny preset; a few seconds on CPU."""
     root = tmp_path_factory.mktemp("eval_checkpoint")
     texts = read_documents(str(REFERENCE))[:200]
-    tokenizer = train_tokenizer(texts, TokenizerSettings(vocab_size=320), root / "tokenizer")
-    ids = [i for text in texts for i in (*tokenizer.tokenizer.encode(text).ids, tokenizer.eos_id)]
-    tokens = root / "tokens.bin"
-    np.asarray(ids, dtype="<u2").tofile(tokens)
-    result = train(
-        TrainConfig(
-            out_dir=str(root / "run"),
-            vocab_size=tokenizer.vocab_size,
-            seq_len=TRAIN_SEQ_LEN,
-            micro_batch_size=2,
-            max_steps=2,
-            warmup_steps=1,
-            checkpoint_every=2,
-            tokenizer_path=str(tokenizer.path),
-            eos_token_id=tokenizer.eos_id,
-        ),
-        [TokenSource("reference", [TokenFile(str(tokens))])],
+    checkpoint = train_tiny_checkpoint(
+        texts, root, vocab_size=320, seq_len=TRAIN_SEQ_LEN, micro_batch_size=2, steps=2, device="cpu"
     )
-    return result.checkpoint.parent
+    return checkpoint.parent
 
 
 @pytest.fixture(scope="module")
