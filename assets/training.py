@@ -12,7 +12,7 @@ from resources.dagster_resources import CatalogResource, StorageResource
 from resources.model_store import MODEL, fetch_model
 from resources.partition_stage import upstream_manifest
 from resources.settings import TrainingSettings
-from resources.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
+from resources.storage import UNPARTITIONED, Manifest, ShardStore, stable_hash
 from resources.token_shards import TOKEN_INDEX, TOKENS
 from resources.tokenizer import load_tokenizer
 from resources.train_data import TokenFile, TokenSource, with_replay
@@ -115,18 +115,9 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
         cooldown = mixture_token_sources(store, mixture, drop_prefix=True) if prefixed and not continue_from else None
         result = train(config, sources, lambda values: context.log.info(f"step {values}"), cooldown)
         final = result.checkpoint
-        shards = [
-            ShardInfo(
-                path=str(p.relative_to(run_dir.parent)),
-                rows=0,
-                bytes=p.stat().st_size,
-                sha256=sha256_bytes(p.read_bytes()),
-                table=MODEL,
-            )
-            for p in sorted(final.iterdir())
-            if p.is_file()
-        ]
-        store.upload_files(CHECKPOINT, None, run_dir.parent, sorted(p for p in final.iterdir() if p.is_file()))
+        shards = store.publish_files(
+            CHECKPOINT, None, run_dir.parent, sorted(p for p in final.iterdir() if p.is_file()), MODEL
+        )
         manifest = store.commit(
             Manifest(
                 asset=CHECKPOINT,

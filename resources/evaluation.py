@@ -18,10 +18,9 @@ smoothed): a model that does not beat it has learned nothing beyond token counts
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -425,7 +424,3 @@ def regressions(
         for name, value in current.items()
         if name in previous and value > previous[name] * (1 + tolerance)
     }
-
-
-def samples_json(samples: Sequence[Sample]) -> str:
-    return json.dumps([asdict(s) for s in samples], ensure_ascii=False)

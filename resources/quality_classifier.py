@@ -157,10 +157,6 @@ def detect_encoding(data: bytes) -> str:
     return "latin-1"
 
 
-def decode_text(data: bytes, encoding: str | None = None) -> str:
-    return data.decode(encoding or detect_encoding(data))
-
-
 def load_text(path: str, *, what: str = "reference file", encoding: str | None = None) -> tuple[str, str]:
     """A text file's content and the encoding it was read with (`encoding`, or detected).
     Local path or fsspec URL; .gz, .bz2, .xz are read decompressed."""

@@ -242,14 +242,20 @@ class ShardStore:
             tmp.replace(local)
         return root
 
-    def upload_files(self, asset: str, partition: str | None, local_root: Path, files: list[Path]) -> None:
-        """Copy files from a local mirror into the store at the same relative paths (no-op for a
-        local store, where the mirror is the partition itself)."""
-        if self._is_local:
-            return
+    def publish_files(
+        self, asset: str, partition: str | None, local_root: Path, files: list[Path], table: str
+    ) -> list[ShardInfo]:
+        """Files of a local mirror as shards of the partition, at their paths relative to
+        `local_root`: copied into the store when it is remote (a local store's mirror is the
+        partition itself). Each file is read once, for its hash and its upload."""
         directory = self.partition_dir(asset, partition)
+        shards = []
         for file in files:
-            self.write_bytes(posixpath.join(directory, file.relative_to(local_root).as_posix()), file.read_bytes())
+            data, relative = file.read_bytes(), file.relative_to(local_root).as_posix()
+            if not self._is_local:
+                self.write_bytes(posixpath.join(directory, relative), data)
+            shards.append(ShardInfo(path=relative, rows=0, bytes=len(data), sha256=sha256_bytes(data), table=table))
+        return shards
 
     def iter_frames(
         self, manifest: Manifest, columns: list[str] | None = None, table: str = DOCUMENTS
