@@ -47,3 +47,30 @@ def make_settings(tmp_path: Path, crawl_dir: Path, **ingest: object) -> Settings
 @pytest.fixture
 def settings(tmp_path: Path, crawl_dir: Path) -> Settings:
     return make_settings(tmp_path, crawl_dir)
+
+
+def chain_settings(tmp_path: Path, crawl: Path, **sections: dict[str, object]) -> Settings:
+    """Settings for running the real chain on a small crawl: every path under `tmp_path`, one
+    worker, a quality classifier (trained on the shipped reference text) that keeps everything,
+    dedup that never waits. `sections` replace keys of a section (e.g. `training={...}`)."""
+    raw: dict[str, dict[str, object]] = {
+        "storage": {"root": str(tmp_path / "store")},
+        "catalog": {"path": str(tmp_path / "catalog.duckdb")},
+        "source": {"url": str(crawl)},
+        "ingest": {"workers": 1},
+        "quality": {
+            "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0}
+        },
+        "dedup": {"wait_retries": 0, "near": {"workers": 1}},
+    }
+    for section, values in sections.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return Settings.model_validate(raw).resolved()
+
+
+def one_file_crawl(tmp_path: Path) -> Path:
+    """A crawl directory holding the first file of the shipped sample."""
+    crawl = tmp_path / "crawl"
+    crawl.mkdir()
+    shutil.copy(sorted(SAMPLE_DIR.iterdir())[0], crawl)
+    return crawl

@@ -19,6 +19,7 @@ from resources.decontamination import DecontaminationSettings
 from resources.quality_classifier import QualityModelError, read_documents
 from resources.settings import PROJECT_ROOT, Settings
 from resources.storage import ShardStore
+from tests.conftest import chain_settings
 from tests.warc_factory import html_page, response_record, write_warc
 
 REFERENCE = read_documents(str(PROJECT_ROOT / "data/reference/wikitext2_reference.txt"))
@@ -67,21 +68,13 @@ def planted(tmp_path: Path) -> Path:
     return crawl
 
 
-def planted_settings(tmp_path: Path, crawl: Path, **overrides: object) -> Settings:
-    raw = {
-        "storage": {"root": str(tmp_path / "store")},
-        "catalog": {"path": str(tmp_path / "catalog.duckdb")},
-        "source": {"url": str(crawl), "files_per_partition": 1},
-        "ingest": {"workers": 1},
-        "quality": {
-            "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0},
-        },
-        "dedup": {"wait_retries": 0, "near": {"workers": 1}},
+def planted_settings(tmp_path: Path, crawl: Path, **overrides: dict[str, object]) -> Settings:
+    sections = {
+        "source": {"files_per_partition": 1},
         "evaluation": {"max_tokens_per_set": 20_000, "generation": {"backend": "none"}},
+        **overrides,
     }
-    for section, values in overrides.items():
-        raw[section] = {**raw.get(section, {}), **values}
-    return Settings.model_validate(raw).resolved()
+    return chain_settings(tmp_path, crawl, **sections)
 
 
 def removed(settings: Settings, **where: str) -> pl.DataFrame:

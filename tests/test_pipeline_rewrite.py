@@ -5,7 +5,6 @@ checkpoint trains on the mixture, and it is evaluated, compared and reported."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -19,50 +18,39 @@ from assets.rewriting import MIXTURE_FILE, SYNTHETIC, TRAINING_MIXTURE
 from assets.training import CHECKPOINT
 from definitions import SYNTHETIC_TOKEN_SHARDS, build_definitions
 from jobs.demo import materialize_stale, needs_run, tick_sensor
-from resources.settings import Settings
 from resources.storage import ShardStore
 from resources.tiny_model import build_tiny_model
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import chain_settings, one_file_crawl
 
 pytestmark = pytest.mark.vllm
 
 
 def test_full_graph_from_crawl_to_report(tmp_path: Path, instance: dg.DagsterInstance) -> None:
-    crawl = tmp_path / "crawl"
-    crawl.mkdir()
-    shutil.copy(sorted(SAMPLE_DIR.iterdir())[0], crawl)
+    crawl = one_file_crawl(tmp_path)
     model = build_tiny_model(tmp_path / "rewriter")
-    settings = Settings.model_validate(
-        {
-            "storage": {"root": str(tmp_path / "store")},
-            "catalog": {"path": str(tmp_path / "catalog.duckdb")},
-            "source": {"url": str(crawl)},
-            "ingest": {"workers": 1},
-            "quality": {
-                "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0}
-            },
-            "dedup": {"wait_retries": 0, "near": {"workers": 1}},
-            "rewrite": {
-                "model_path": str(model),
-                "max_model_len": 512,
-                "recipes": {"encyclopedic": {"sampling": {"max_tokens": 16}, "selection": {"sample_fraction": 0.2}}},
-                "post_filter": {"drop_truncated": False},
-                "vllm": {"gpu_memory_utilization": 0.2},
-            },
-            "tokenizer": {"vocab_size": 600},
-            "training": {
-                "max_steps": 4,
-                "checkpoint_every": 4,
-                "seq_len": 32,
-                "micro_batch_size": 4,
-                "warmup_steps": 1,
-            },
-            "evaluation": {
-                "max_tokens_per_set": 20_000,
-                "generation": {"backend": "vllm", "max_tokens": 8, "vllm": {"gpu_memory_utilization": 0.2}},
-            },
-        }
-    ).resolved()
+    settings = chain_settings(
+        tmp_path,
+        crawl,
+        rewrite={
+            "model_path": str(model),
+            "max_model_len": 512,
+            "recipes": {"encyclopedic": {"sampling": {"max_tokens": 16}, "selection": {"sample_fraction": 0.2}}},
+            "post_filter": {"drop_truncated": False},
+            "vllm": {"gpu_memory_utilization": 0.2},
+        },
+        tokenizer={"vocab_size": 600},
+        training={
+            "max_steps": 4,
+            "checkpoint_every": 4,
+            "seq_len": 32,
+            "micro_batch_size": 4,
+            "warmup_steps": 1,
+        },
+        evaluation={
+            "max_tokens_per_set": 20_000,
+            "generation": {"backend": "vllm", "max_tokens": 8, "vllm": {"gpu_memory_utilization": 0.2}},
+        },
+    )
     defs = build_definitions(settings)
     tick_sensor(defs, instance)
     materialize_stale(defs, instance)

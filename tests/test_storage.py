@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import urllib.request
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from resources.catalog import LineageCatalog
 from resources.crawl_sources import BatchRegistry
 from resources.settings import Settings
 from resources.storage import MANIFEST_NAME, Manifest, ShardStore
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import SAMPLE_DIR, chain_settings, one_file_crawl
 
 
 def frame(n: int, offset: int = 0) -> pl.DataFrame:
@@ -133,24 +132,14 @@ def test_crawl_to_report_on_s3(
     monkeypatch.setenv("CRAWL2CKPT_CACHE", str(tmp_path / "cache"))
     options = {"client_kwargs": {"endpoint_url": s3_endpoint}, "use_listings_cache": False}
     s3fs.S3FileSystem(**options).mkdir("lake")
-    crawl = tmp_path / "crawl"
-    crawl.mkdir()
-    shutil.copy(sorted(SAMPLE_DIR.iterdir())[0], crawl)
-    settings = Settings.model_validate(
-        {
-            "storage": {"root": "s3://lake/c2c", "storage_options": options},
-            "catalog": {"path": str(tmp_path / "catalog.duckdb")},
-            "source": {"url": str(crawl)},
-            "ingest": {"workers": 1},
-            "quality": {
-                "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0}
-            },
-            "dedup": {"wait_retries": 0, "near": {"workers": 1}},
-            "tokenizer": {"vocab_size": 600},
-            "training": {"max_steps": 4, "checkpoint_every": 2, "seq_len": 32, "micro_batch_size": 4},
-            "evaluation": {"max_tokens_per_set": 5_000, "generation": {"backend": "transformers", "max_tokens": 4}},
-        }
-    ).resolved()
+    settings = chain_settings(
+        tmp_path,
+        one_file_crawl(tmp_path),
+        storage={"root": "s3://lake/c2c", "storage_options": options},
+        tokenizer={"vocab_size": 600},
+        training={"max_steps": 4, "checkpoint_every": 2, "seq_len": 32, "micro_batch_size": 4},
+        evaluation={"max_tokens_per_set": 5_000, "generation": {"backend": "transformers", "max_tokens": 4}},
+    )
     defs = build_definitions(settings)
     tick_sensor(defs, instance)
     materialize_stale(defs, instance)

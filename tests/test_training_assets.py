@@ -25,35 +25,22 @@ from resources.evaluation import CheckpointLoadError, EvalSetError
 from resources.settings import Settings
 from resources.storage import ShardStore
 from resources.token_shards import TOKEN_INDEX, TOKENS
-from tests.conftest import SAMPLE_DIR
+from tests.conftest import SAMPLE_DIR, chain_settings
 
 
 def small_settings(tmp_path: Path, crawl: Path) -> Settings:
-    return Settings.model_validate(
-        {
-            "storage": {"root": str(tmp_path / "store")},
-            "catalog": {"path": str(tmp_path / "catalog.duckdb")},
-            "source": {"url": str(crawl), "files_per_partition": 1},
-            "ingest": {"workers": 1},
-            "quality": {
-                "classifier": {"reference_files": ["data/reference/wikitext2_reference.txt"], "keep_threshold": 0.0}
-            },
-            "dedup": {"wait_retries": 0, "near": {"workers": 1}},
-            "tokenizer": {"vocab_size": 600},
-            "training": {
-                "max_steps": 6,
-                "checkpoint_every": 3,
-                "seq_len": 32,
-                "micro_batch_size": 4,
-                "warmup_steps": 2,
-            },
-            "evaluation": {
-                "max_tokens_per_set": 20_000,
-                "generation": {"backend": "transformers", "max_tokens": 8},
-                "lm_eval": {"limit": 4},
-            },
-        }
-    ).resolved()
+    return chain_settings(
+        tmp_path,
+        crawl,
+        source={"files_per_partition": 1},
+        tokenizer={"vocab_size": 600},
+        training={"max_steps": 6, "checkpoint_every": 3, "seq_len": 32, "micro_batch_size": 4, "warmup_steps": 2},
+        evaluation={
+            "max_tokens_per_set": 20_000,
+            "generation": {"backend": "transformers", "max_tokens": 8},
+            "lm_eval": {"limit": 4},
+        },
+    )
 
 
 def test_crawl_to_checkpoint_and_a_new_batch(tmp_path: Path, instance: dg.DagsterInstance) -> None:
