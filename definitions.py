@@ -5,16 +5,16 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.dedup import build_deduplicated_documents
-from assets.evaluation import build_evaluation, model_comparison
-from assets.filtering import build_filtered_documents, build_quality_classifier, build_scored_documents
+from assets.evaluate import build_evaluation, model_comparison
+from assets.filter import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report, report
-from assets.rewriting import SYNTHETIC, build_synthetic_documents, build_training_mixture
-from assets.tokenization import TOKEN_SHARDS, build_token_shards, build_tokenizer
-from assets.training import build_checkpoint
+from assets.rewrite import SYNTHETIC, build_synthetic_documents, build_training_mixture
+from assets.tokenize import TOKEN_SHARDS, build_token_shards, build_tokenizer
+from assets.train import build_checkpoint
 from jobs.ingest import ingest_job
 from jobs.sensors import build_crawl_sensor
-from resources.dagster_resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, StorageResource
 from resources.settings import Settings, load_settings
 
 SYNTHETIC_TOKEN_SHARDS = "synthetic_token_shards"

@@ -3,16 +3,12 @@
 from functools import partial
 
 import dagster as dg
-import polars as pl
 
-from jobs.partitions import crawl_batches
-from resources.catalog import DOCUMENT_COLUMNS
-from resources.dagster_resources import CatalogResource, StorageResource
-from resources.document_checks import check_documents
-from resources.ingest import ingest_files
-from resources.settings import IngestSettings
-from resources.storage import Manifest
-from resources.versioning import code_version, config_hash
+from assets.commit import commit, materialized, target
+from assets.partitions import crawl_batches
+from resources.common.versioning import OutputVersion
+from resources.ingest.engine import IngestSettings, ingest_files
+from resources.resources import CatalogResource, StorageResource
 
 RAW_DOCUMENTS = "raw_documents"
 # Bump when a change to the ingest code changes the documents it writes.
@@ -22,12 +18,12 @@ DOCUMENT_CHECKS = ("unique_doc_id", "no_empty_text", "provenance_complete")
 
 def build_raw_documents(settings: IngestSettings, source_options: dict | None = None) -> dg.AssetsDefinition:
     """`source_options` are the fsspec options for opening crawl files (the source's, not the store's)."""
-    shaping = settings.output_shaping()
+    version = OutputVersion(RAW_DOCUMENTS_LOGIC, settings.output_shaping())
 
     @dg.asset(
         name=RAW_DOCUMENTS,
         partitions_def=crawl_batches,
-        code_version=code_version(RAW_DOCUMENTS_LOGIC, shaping),
+        code_version=version.code_version,
         group_name="ingest",
         kinds={"parquet"},
         check_specs=[dg.AssetCheckSpec(name, asset=RAW_DOCUMENTS) for name in DOCUMENT_CHECKS],
@@ -36,7 +32,7 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
     def raw_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, key = storage.store(), context.partition_key
+        store, (_, key) = storage.store(), target(context)
         spec = storage.batches().spec(key)
         result = ingest_files(
             spec["files"],
@@ -49,25 +45,13 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
         )
         for path, error in result.read.file_errors.items():
             context.log.warning(f"{path}: {error}")
-        manifest = store.commit(
-            Manifest(
-                asset=RAW_DOCUMENTS,
-                partition=key,
-                files=result.shards,
-                config_hash=config_hash(shaping),
-                code_version=code_version(RAW_DOCUMENTS_LOGIC, shaping),
-                stats={"records": result.read.records, "skips": dict(result.skips)},
-                run_id=context.run_id,
-            )
-        )
-        outcomes = check_documents(store.iter_frames(manifest, [*DOCUMENT_COLUMNS, "text"]))
-        frames = list(store.iter_frames(manifest, DOCUMENT_COLUMNS))
-        provenance = pl.concat(frames) if frames else None
-        catalog.catalog().record_materialization(manifest, provenance)
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(manifest.data_version),
-            metadata={
-                "path": dg.MetadataValue.path(store.url(RAW_DOCUMENTS, key)),
+        stats = {"records": result.read.records, "skips": dict(result.skips)}
+        manifest = commit(context, store, version, result.shards, stats=stats)
+        catalog.catalog().record_materialization(manifest, result.provenance)
+        return materialized(
+            store,
+            manifest,
+            {
                 "files": len(spec["files"]),
                 "records_read": result.read.records,
                 "documents": result.documents,
@@ -81,9 +65,9 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
                 "extractor": settings.extractor,
                 "data_version": manifest.data_version,
             },
-            check_results=[
+            [
                 dg.AssetCheckResult(check_name=name, passed=outcome.passed, metadata=outcome.metadata)
-                for name, outcome in outcomes.items()
+                for name, outcome in result.checks.outcomes().items()
             ],
         )
 

@@ -5,14 +5,13 @@ import posixpath
 import dagster as dg
 import polars as pl
 
-from assets.evaluation import MODEL_COMPARISON, RESULTS, SAMPLES, read_history
+from assets.evaluate import MODEL_COMPARISON, RESULTS, SAMPLES, read_history
 from assets.ingest import RAW_DOCUMENTS
-from assets.rewriting import TRAINING_MIXTURE, read_mixture
-from assets.training import CHECKPOINT
-from resources.catalog import LineageCatalog
-from resources.checkpoints import MANIFEST_FILE
-from resources.dagster_resources import CatalogResource, StorageResource
-from resources.report import (
+from assets.rewrite import TRAINING_MIXTURE, read_mixture
+from assets.train import CHECKPOINT
+from resources.common.catalog import LineageCatalog
+from resources.common.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
+from resources.evaluate.report import (
     Section,
     funnel_plot,
     loss_plot,
@@ -23,7 +22,8 @@ from resources.report import (
     render_markdown,
     tokens_plot,
 )
-from resources.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
+from resources.resources import CatalogResource, StorageResource
+from resources.train.checkpoints import MANIFEST_FILE
 
 _SUMMARY_SQL = """
 SELECT crawl, crawl_batch, count(*) AS documents, count(DISTINCT domain) AS domains,

@@ -20,7 +20,7 @@ The corpus (built in memory, deterministic for a --seed):
   placed at a random position after their original.
 
 Systems, all timed on the same documents, in the same order:
-- ours, `resources.dedup.NearDedup`, each preset: the corpus cut into --partitions partitions
+- ours, `resources.dedup.engine.NearDedup`, each preset: the corpus cut into --partitions partitions
   deduplicated one after another, each against the segments of the ones before (written as Parquet
   with ShardStore and scanned back), shards of --shard-rows rows, signatures in one process per
   core; timed from engine start (pool start included) to the last partition's segment written;
@@ -62,12 +62,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
-from resources.dedup import DedupSettings, IndexSegment, NearDedup  # noqa: E402
-from resources.html_extract import doc_id_of  # noqa: E402
-from resources.ingest import ingest_files  # noqa: E402
-from resources.minhash import normalize, shingle_hashes  # noqa: E402
+from resources.common.schemas import doc_id_of  # noqa: E402
+from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
+from resources.dedup.engine import DedupSettings, IndexSegment, NearDedup  # noqa: E402
+from resources.dedup.minhash import normalize, shingle_hashes  # noqa: E402
+from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
-from resources.storage import ShardInfo, ShardStore  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "corpora"
 DEFAULT_REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"

@@ -1,6 +1,6 @@
 """Evaluation benchmark: our bits-per-byte scorer against lm-evaluation-harness's rolling log-likelihood.
 
-Why: `resources.evaluation.score_texts` gives every checkpoint its bits-per-byte on held-out text.
+Why: `resources.evaluate.scoring.score_texts` gives every checkpoint its bits-per-byte on held-out text.
 lm-evaluation-harness computes the same kind of number for its `wikitext` task (word perplexity,
 byte perplexity, bits_per_byte from `loglikelihood_rolling`). Ours must be at least as fast on
 the same model and text, and agree with it up to the documented difference in what is scored.
@@ -12,7 +12,7 @@ checkpoint's training context), the same batch size and the same torch threads:
 - ours: `score_texts(checkpoint, texts, max_tokens=<all>, batch_size, seq_len)`: each document as
   [EOS] + tokens + [EOS], in non-overlapping windows of seq_len predictions, cross-entropy summed.
 - reference: lm-eval 0.4.13's `HFLM(pretrained=dir, tokenizer=dir, max_length=seq_len, batch_size,
-  dtype="float32")`, loaded by `resources.lm_eval_tasks` (offline), and
+  dtype="float32")`, loaded by `resources.evaluate.lm_eval_tasks` (offline), and
   `lm.loglikelihood_rolling([Instance("loglikelihood_rolling", {}, (text,), i), ...])` called
   directly; bits_per_byte = -sum(ll) / ln 2 / UTF-8 bytes, through lm-eval's own `bits_per_byte` and
   `weighted_perplexity` aggregations and its `count_bytes` / `count_words`, as its wikitext task does
@@ -64,7 +64,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from resources.evaluation import (  # noqa: E402
+from resources.evaluate.lm_eval_tasks import LmEvalSettings, _import_lm_eval, _load_model, offline  # noqa: E402
+from resources.evaluate.scoring import (  # noqa: E402
     EvalSetSpec,
     EvalTexts,
     LoadedCheckpoint,
@@ -73,10 +74,9 @@ from resources.evaluation import (  # noqa: E402
     load_eval_set,
     score_texts,
 )
-from resources.lm_eval_tasks import LmEvalSettings, _import_lm_eval, _load_model, offline  # noqa: E402
 
 REFERENCE = "lm-eval HFLM.loglikelihood_rolling"
-OURS = "ours (resources.evaluation)"
+OURS = "ours (resources.evaluate.scoring)"
 DEFAULT_TEXT = ROOT / "data" / "eval" / "wikitext2_valid_small.txt"
 DEMO_MANIFEST = ROOT / ".data" / "checkpoint" / "__all__" / "_manifest.json"
 BUILD_TEXT = ROOT / "data" / "reference" / "wikitext2_reference.txt"
@@ -116,8 +116,8 @@ def demo_checkpoint() -> Path | None:
 def build_checkpoint(workdir: Path, steps: int) -> Path:
     """A tiny checkpoint of our own training loop: a byte-level BPE of 1024 and the tiny preset,
     trained `steps` steps on the reference WikiText text."""
-    from resources.quality_classifier import read_documents
-    from resources.tiny_model import train_tiny_checkpoint
+    from resources.filter.quality_classifier import read_documents
+    from resources.llm.tiny_model import train_tiny_checkpoint
 
     texts = read_documents(str(BUILD_TEXT))
     return train_tiny_checkpoint(

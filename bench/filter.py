@@ -5,8 +5,8 @@ fraction of the cost. This script checks both halves of that promise in one run:
 
 - it extracts documents from every WARC file in --data-dir with our ingest (Resiliparse),
   once, and hands the very same texts to both sides (a JSONL file for the reference);
-- ours: `resources.language_id.LanguageIdentifier` (one batched lid.176 call) and each
-  rule of `resources.heuristics`, timed one rule at a time over all documents (each rule
+- ours: `resources.filter.language_id.LanguageIdentifier` (one batched lid.176 call) and each
+  rule of `resources.filter.heuristics`, timed one rule at a time over all documents (each rule
   tokenizes for itself, as datatrove's do), then the whole chain in FineWeb's order
   (language -> Gopher repetition -> Gopher quality -> C4 -> FineWeb) through
   `HeuristicFilter`, where rules share one tokenization per document;
@@ -43,11 +43,11 @@ sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
 
-from resources.heuristics import RULES, DocView, HeuristicFilter, HeuristicSettings, split_words  # noqa: E402
-from resources.ingest import ingest_files  # noqa: E402
-from resources.language_id import LanguageIdentifier, LanguageSettings  # noqa: E402
+from resources.common.storage import ShardInfo  # noqa: E402
+from resources.filter.heuristics import RULES, DocView, HeuristicFilter, HeuristicSettings, split_words  # noqa: E402
+from resources.filter.language_id import LanguageIdentifier, LanguageSettings  # noqa: E402
+from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
-from resources.storage import ShardInfo  # noqa: E402
 
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "corpora" / "web-warc"
 DEFAULT_REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"

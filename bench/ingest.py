@@ -4,7 +4,7 @@ Why: the pipeline's first stage promises a fast path (Resiliparse) at >= 10x dat
 docs/s and a precise path (Trafilatura) faster than datatrove at no lower quality. This
 script measures both promises in one run and prints one table:
 
-- ours, `resources.ingest.ingest_files` with extractor=resiliparse and =trafilatura, one
+- ours, `resources.ingest.engine.ingest_files` with extractor=resiliparse and =trafilatura, one
   worker per core, writing zstd Parquet shards through `ShardStore`; timed end to end
   in this process (pool start-up, reading, extraction, shard writes);
 - datatrove's WarcReader -> Trafilatura -> JsonlWriter on a LocalPipelineExecutor with
@@ -41,9 +41,9 @@ import polars as pl  # noqa: E402
 from _quality import Quality, load_evaldata, score  # noqa: E402
 from fastwarc.warc import ArchiveIterator, WarcRecordType  # noqa: E402
 
-from resources.ingest import ingest_files  # noqa: E402
+from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
+from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
-from resources.storage import ShardInfo, ShardStore  # noqa: E402
 
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "corpora" / "web-warc"
 DEFAULT_REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"

@@ -9,7 +9,7 @@ The corpus: the documents our own ingest extracts from every WARC file in --data
 (Resiliparse, ~970 pages, mostly German and English) and WikiText-2's validation split (one
 document per section), cut into document shards of --shard-rows rows (polars frames in memory,
 as the stage reads them from Parquet). The tokenizer: a byte-level BPE of --vocab-size trained on
-that corpus with `resources.tokenizer.train_tokenizer` (or --tokenizer DIR to load one).
+that corpus with `resources.tokenize.tokenizer.train_tokenizer` (or --tokenizer DIR to load one).
 
 Contenders, all on the same texts, in this process, on tokenizers' Rayon pool (--threads, default
 one thread per core):
@@ -17,7 +17,7 @@ one thread per core):
   nothing is kept, no ids are read out;
 - bare encode_batch_fast: the same with `encode_batch_fast` (no character offsets), the call our
   engine makes, so the strictest reference;
-- ours: `resources.token_shards.tokenize_partition` into a ShardStore in a temporary directory:
+- ours: `resources.tokenize.shards.tokenize_partition` into a ShardStore in a temporary directory:
   encoding, ids to a numpy array, EOS, index with the split, tokens-*.bin and token_index Parquet
   written atomically with their hashes; with --metadata-prefix values also MeCo variants (their
   prefixes are extra tokens to encode: their rate is still counted in text tokens).
@@ -54,12 +54,12 @@ sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
 
-from resources.ingest import ingest_files  # noqa: E402
-from resources.quality_classifier import read_documents  # noqa: E402
+from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
+from resources.filter.quality_classifier import read_documents  # noqa: E402
+from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
-from resources.storage import ShardInfo, ShardStore  # noqa: E402
-from resources.token_shards import TokenShardSettings, tokenize_partition  # noqa: E402
-from resources.tokenizer import TokenizerSettings, TrainedTokenizer, load_tokenizer, train_tokenizer  # noqa: E402
+from resources.tokenize.shards import TokenShardSettings, tokenize_partition  # noqa: E402
+from resources.tokenize.tokenizer import TokenizerSettings, TrainedTokenizer, load_tokenizer, train_tokenizer  # noqa: E402
 
 CORPORA = ROOT.parent / "shared" / "corpora"
 REFERENCE = "bare encode_batch"

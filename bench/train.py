@@ -1,10 +1,10 @@
-"""Training benchmark: our engine (`resources.trainer.train`) against a minimal PyTorch loop.
+"""Training benchmark: our engine (`resources.train.trainer.train`) against a minimal PyTorch loop.
 
 Why: the engine adds a memory-mapped mixture loader, an LR schedule, gradient clipping, loss
 bookkeeping with NaN checks and atomic checkpoints around the model; none of that may cost
 throughput. The goal is ours / reference >= 1.0x tokens per second.
 
-Both sides build the same model (`resources.model_presets`, SDPA attention) with the same batch,
+Both sides build the same model (`resources.train.presets`, SDPA attention) with the same batch,
 sequence length and precision (bf16 autocast on GPU, fp32 on CPU), AdamW (fused on CUDA, PyTorch's
 default elsewhere) and, with --compile, `torch.compile`:
 
@@ -42,9 +42,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from resources.model_presets import build_model, flops_per_token, model_config, total_params  # noqa: E402
-from resources.train_data import TokenFile, TokenSource  # noqa: E402
-from resources.trainer import TrainConfig, default_peak_flops, train  # noqa: E402
+from resources.train.data import TokenFile, TokenSource  # noqa: E402
+from resources.train.presets import build_model, flops_per_token, model_config, total_params  # noqa: E402
+from resources.train.trainer import TrainConfig, default_peak_flops, train  # noqa: E402
 
 LOG_EVERY = 10  # the engine's default loss read-back interval
 
@@ -156,7 +156,7 @@ def main() -> None:
             print(f"  run {run + 1}: ours {ours[-1].wall:,.0f} tok/s, reference {reference[-1].wall:,.0f} tok/s")
 
     best = {
-        "ours (resources.trainer)": Rate(max(r.wall for r in ours), max(r.cpu for r in ours)),
+        "ours (resources.train.trainer)": Rate(max(r.wall for r in ours), max(r.cpu for r in ours)),
         "reference (minimal loop)": Rate(max(r.wall for r in reference), max(r.cpu for r in reference)),
     }
     print("\n| system | tokens/s | MFU | ms/step | tokens/CPU-s |\n|---|---:|---:|---:|---:|")

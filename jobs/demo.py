@@ -16,11 +16,11 @@ import polars as pl
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
 from dagster._core.loader import LoadingContextForTest
 
+from assets.partitions import crawl_batches
 from definitions import build_definitions
-from jobs.partitions import crawl_batches
-from resources.catalog import LineageCatalog
+from resources.common.catalog import LineageCatalog
+from resources.llm.tiny_model import build_tiny_model
 from resources.settings import Settings, load_settings
-from resources.tiny_model import build_tiny_model
 
 
 def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.ingest import RAW_DOCUMENTS
-from jobs.partitions import crawl_batches
+from assets.partitions import crawl_batches
 
 ingest_job = dg.define_asset_job(
     "ingest_crawl_batch",

@@ -2,11 +2,11 @@
 
 import dagster as dg
 
-from jobs.partitions import crawl_batches
-from resources.crawl_sources import list_crawl_files
-from resources.dagster_resources import CatalogResource, StorageResource
+from assets.partitions import crawl_batches
+from resources.common.storage import stable_hash
+from resources.ingest.sources import list_crawl_files
+from resources.resources import CatalogResource, StorageResource
 from resources.settings import SourceSettings
-from resources.storage import stable_hash
 
 
 def build_crawl_sensor(source: SourceSettings, job: dg.JobDefinition | str) -> dg.SensorDefinition:

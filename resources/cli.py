@@ -12,10 +12,10 @@ import sys
 
 import polars as pl
 
-from resources.catalog import LineageCatalog
-from resources.crawl_sources import BatchRegistry
+from resources.common.catalog import LineageCatalog
+from resources.common.storage import ShardStore
+from resources.ingest.sources import BatchRegistry
 from resources.settings import load_settings
-from resources.storage import ShardStore
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,16 +14,17 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from resources.decontamination import DecontaminationSettings
-from resources.dedup import DedupSettings
-from resources.evaluation import EvaluationSettings
-from resources.heuristics import HeuristicSettings
-from resources.ingest import IngestSettings
-from resources.language_id import LanguageSettings
-from resources.quality_classifier import QualitySettings
-from resources.rewriter import RewriteSettings
-from resources.token_shards import TokenShardSettings
-from resources.tokenizer import TokenizerSettings
+from resources.dedup.engine import DedupSettings
+from resources.evaluate.scoring import EvaluationSettings
+from resources.filter.decontamination import DecontaminationSettings
+from resources.filter.heuristics import HeuristicSettings
+from resources.filter.language_id import LanguageSettings
+from resources.filter.quality_classifier import QualitySettings
+from resources.ingest.engine import IngestSettings
+from resources.ingest.sources import SourceSettings
+from resources.rewrite.rewriter import RewriteSettings
+from resources.tokenize.shards import TokenShardSettings
+from resources.tokenize.tokenizer import TokenizerSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -40,21 +41,6 @@ class StorageSettings(_Section):
 
 class CatalogSettings(_Section):
     path: str = ".data/catalog.duckdb"
-
-
-class SourceSettings(_Section):
-    """Where the crawl sensor looks for new files."""
-
-    url: str = "data/sample"
-    patterns: list[str] = Field(default_factory=lambda: ["*.warc.gz", "*.warc", "*.wet.gz", "*.warc.wet.gz", "*.wet"])
-    listing: str | None = None
-    listing_base_url: str = ""
-    crawl: str | None = None
-    files_per_partition: int = Field(default=2, ge=1)
-    max_files_per_tick: int = Field(default=1000, ge=1)
-    interval_seconds: int = Field(default=60, ge=1)
-    sensor_running: bool = Field(default=False, description="start the sensor with the daemon, no click needed")
-    storage_options: dict[str, object] = Field(default_factory=dict)
 
 
 class FilterSettings(_Section):
@@ -89,7 +75,7 @@ class DedupStageSettings(_Section):
 
 
 class TrainingSettings(_Section):
-    """The training run (resources.trainer.TrainConfig, less what comes from the data)."""
+    """The training run (resources.train.trainer.TrainConfig, less what comes from the data)."""
 
     preset: str = "tiny"
     seq_len: int = Field(default=128, ge=8)

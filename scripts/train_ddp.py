@@ -1,4 +1,4 @@
-"""Run `resources.trainer.train` from a JSON spec: one process, or data parallel under torchrun.
+"""Run `resources.train.trainer.train` from a JSON spec: one process, or data parallel under torchrun.
 
 The spec:
 
@@ -42,8 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from resources.train_data import TokenSource
-from resources.trainer import TrainConfig, train
+from resources.train.data import TokenSource
+from resources.train.trainer import TrainConfig, train
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from resources.rewriter import RewriteSettings, VLLMBackend, inspect_model
-from resources.tiny_model import build_tiny_model
+from resources.llm.tiny_model import build_tiny_model
+from resources.rewrite.rewriter import RewriteSettings, VLLMBackend, inspect_model
 
 TINY_MAX_MODEL_LEN = 512
 SERVER_START_TIMEOUT_S = 300

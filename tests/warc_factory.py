@@ -19,9 +19,9 @@ from pathlib import Path
 
 import polars as pl
 
-from resources.ingest import IngestResult, ingest_files
+from resources.common.storage import ShardStore
+from resources.ingest.engine import IngestResult, ingest_files
 from resources.settings import IngestSettings
-from resources.storage import ShardStore
 
 DATE = "2024-05-18T00:00:00Z"
 HTTP_REASONS = {200: "OK", 204: "No Content", 301: "Moved Permanently", 302: "Found", 404: "Not Found",

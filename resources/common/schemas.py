@@ -1,0 +1,74 @@
+"""The data contracts every stage shares, in one place: a column named here means the same thing in
+every Parquet shard, catalog table and UI table (see DESIGN.md, "Data contracts")."""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+
+import polars as pl
+
+# Tables of a partition: the documents downstream stages read, and why the others left.
+DOCUMENTS = "documents"
+REMOVED = "removed"
+
+# The partition key of every per-crawl asset, as a column and a catalog field.
+CRAWL_BATCH = "crawl_batch"
+
+# Where a document came from, carried by every document row and copied into the catalog
+# (the text itself stays in the shards).
+PROVENANCE_COLUMNS: list[str] = ["doc_id", "url", "domain", "crawl", "warc_path", "warc_record_id", "fetch_time"]
+
+DOCUMENT_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String(),
+    "text": pl.String(),
+    "url": pl.String(),
+    "domain": pl.String(),
+    "crawl": pl.String(),
+    CRAWL_BATCH: pl.String(),
+    "warc_path": pl.String(),
+    "warc_record_id": pl.String(),
+    "fetch_time": pl.Datetime("us", "UTC"),
+    "record_type": pl.String(),
+    "content_type": pl.String(),
+    "charset": pl.String(),
+    "source_bytes": pl.Int64(),
+    "capped": pl.Boolean(),
+}
+
+# A removed row: which stage dropped the document, by which stable `<filter>_<rule>` key, with
+# the measured value in `detail` and, for duplicates, the document it duplicates.
+REMOVED_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String(),
+    "url": pl.String(),
+    CRAWL_BATCH: pl.String(),
+    "stage": pl.String(),
+    "rule": pl.String(),
+    "detail": pl.String(),
+    "duplicate_of": pl.String(),
+}
+# The removed columns the catalog indexes ("why is this document gone?").
+REMOVED_COLUMNS: list[str] = ["doc_id", "url", "stage", "rule", "detail", "duplicate_of"]
+
+
+def doc_id_of(text: str) -> str:
+    """Hash of the normalized text: stable across runs, crawls and extractors' whitespace."""
+    folded = text.lower() if text.isascii() else unicodedata.normalize("NFKC", text).casefold()
+    normalized = " ".join(folded.split())
+    return hashlib.blake2b(normalized.encode(), digest_size=16).hexdigest()
+
+
+def removed_rows(frame: pl.DataFrame, stage: str, rule: pl.Expr | str, detail: pl.Expr | str) -> pl.DataFrame:
+    """Removed rows for the documents of `frame`, in REMOVED_SCHEMA."""
+    as_expr = lambda value: value if isinstance(value, pl.Expr) else pl.lit(value)  # noqa: E731
+    return frame.select(
+        pl.col("doc_id"),
+        pl.col("url"),
+        pl.col(CRAWL_BATCH),
+        pl.lit(stage).alias("stage"),
+        as_expr(rule).cast(pl.String).alias("rule"),
+        as_expr(detail).cast(pl.String).alias("detail"),
+        (pl.col("duplicate_of") if "duplicate_of" in frame.columns else pl.lit(None))
+        .cast(pl.String)
+        .alias("duplicate_of"),
+    )

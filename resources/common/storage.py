@@ -1,0 +1,271 @@
+"""Shard storage over fsspec with atomic writes and per-partition manifests.
+
+The manifest is the commit point of a partition: shards are written first under
+content-addressed names, the manifest last, and readers only ever open files a
+manifest names. A run killed half-way therefore leaves the previous manifest (and
+its shards) intact, and stray new shards are invisible and collected on the next
+commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import tempfile
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import polars as pl
+
+from resources.common.schemas import DOCUMENTS
+
+MANIFEST_NAME = "_manifest.json"
+UNPARTITIONED = "__all__"
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def stable_hash(obj: Any) -> str:
+    """Hash of a JSON-able object that does not depend on key order."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode())
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    path: str  # relative to the partition directory
+    rows: int
+    bytes: int
+    sha256: str
+    table: str = DOCUMENTS
+
+
+@dataclass
+class Manifest:
+    asset: str
+    partition: str
+    files: list[ShardInfo]
+    config_hash: str = ""
+    code_version: str = ""
+    inputs: dict[str, str] = field(default_factory=dict)  # upstream "asset[partition]" -> data version
+    stats: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
+    created_at: str = ""
+
+    @property
+    def rows(self) -> int:
+        return self.rows_of(DOCUMENTS)
+
+    def rows_of(self, table: str) -> int:
+        return sum(f.rows for f in self.files if f.table == table)
+
+    def tables(self) -> set[str]:
+        return {f.table for f in self.files}
+
+    @property
+    def bytes(self) -> int:
+        return sum(f.bytes for f in self.files)
+
+    @property
+    def data_version(self) -> str:
+        """Hash of the content only: identical shards give an identical version, so a rerun
+        that produces the same bytes does not make anything downstream stale."""
+        return stable_hash(
+            {"asset": self.asset, "partition": self.partition, "files": [asdict(f) for f in self.files]}
+        )[:32]
+
+    def to_json(self) -> str:
+        body = asdict(self)
+        body["data_version"] = self.data_version
+        return json.dumps(body, indent=2, sort_keys=True, default=str)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        body = json.loads(text)
+        body.pop("data_version", None)
+        body["files"] = [ShardInfo(**f) for f in body["files"]]
+        return cls(**body)
+
+
+class ShardStore:
+    """An fsspec directory tree: `<root>/<asset>/<partition>/{part-*.parquet,removed-*.parquet,_manifest.json}`."""
+
+    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+        self.root = root.rstrip("/")
+        self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
+        self._is_local = "file" in _protocols(self.fs)
+        if self._is_local:
+            self.fs.makedirs(self._root_path, exist_ok=True)
+
+    @property
+    def is_local(self) -> bool:
+        return self._is_local
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self._root_path, *parts)
+
+    def url(self, *parts: str) -> str:
+        """A path in the form users paste into other tools (s3://... or a local path)."""
+        path = self.path(*parts)
+        return path if self._is_local else self.fs.unstrip_protocol(path)
+
+    def partition_dir(self, asset: str, partition: str | None) -> str:
+        return self.path(asset, partition or UNPARTITIONED)
+
+    # -- atomic writes -----------------------------------------------------------------
+    def write_bytes(self, path: str, data: bytes) -> None:
+        """Atomic: a local write goes to a temporary name and is renamed; an object store PUT
+        is atomic by itself."""
+        parent = posixpath.dirname(path)
+        if self._is_local:
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            try:
+                with self.fs.open(tmp, "wb") as f:
+                    f.write(data)
+                self.fs.mv(tmp, path)
+            finally:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def read_bytes(self, path: str) -> bytes:
+        return self.fs.cat_file(path)
+
+    def write_json(self, path: str, obj: Any) -> None:
+        self.write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
+
+    def read_json(self, path: str) -> Any:
+        return json.loads(self.read_bytes(path))
+
+    # -- shards and manifests ----------------------------------------------------------
+    def write_parquet_shard(
+        self, asset: str, partition: str | None, index: int, frame: pl.DataFrame, table: str = DOCUMENTS
+    ) -> ShardInfo:
+        """Content-addressed name, so identical content keeps an identical manifest."""
+        buffer = io.BytesIO()
+        frame.write_parquet(buffer, compression="zstd", compression_level=3, statistics=True)
+        data = buffer.getvalue()
+        digest = sha256_bytes(data)
+        prefix = "part" if table == DOCUMENTS else table
+        name = f"{prefix}-{index:05d}-{digest[:16]}.parquet"
+        self.write_bytes(posixpath.join(self.partition_dir(asset, partition), name), data)
+        return ShardInfo(path=name, rows=frame.height, bytes=len(data), sha256=digest, table=table)
+
+    def commit(self, manifest: Manifest, collect: bool = True) -> Manifest:
+        """Publish a partition: write its manifest, then (unless `collect` is off, for assets that
+        keep a history, like checkpoints) drop shards no manifest names."""
+        manifest.created_at = manifest.created_at or datetime.now(UTC).isoformat()
+        directory = self.partition_dir(manifest.asset, manifest.partition)
+        self.write_bytes(posixpath.join(directory, MANIFEST_NAME), manifest.to_json().encode())
+        if not collect:
+            return manifest
+        keep = {f.path.split("/", 1)[0] for f in manifest.files} | {MANIFEST_NAME}  # files or whole folders
+        self.fs.invalidate_cache(directory)
+        for entry in self.fs.ls(directory, detail=False):
+            name = posixpath.basename(entry.rstrip("/"))
+            if name not in keep and not name.startswith(".tmp-"):
+                self.fs.rm(entry, recursive=True)
+        return manifest
+
+    def read_manifest(self, asset: str, partition: str | None) -> Manifest | None:
+        path = posixpath.join(self.partition_dir(asset, partition), MANIFEST_NAME)
+        if not self.fs.exists(path):
+            return None
+        return Manifest.from_json(self.read_bytes(path).decode())
+
+    def iter_manifests(self, asset: str | None = None) -> Iterator[Manifest]:
+        pattern = self.path(asset or "*", "*", MANIFEST_NAME)
+        for path in sorted(self.fs.glob(pattern)):
+            yield Manifest.from_json(self.read_bytes(path).decode())
+
+    def shard_paths(self, manifest: Manifest, table: str = DOCUMENTS) -> list[str]:
+        directory = self.partition_dir(manifest.asset, manifest.partition)
+        return [posixpath.join(directory, f.path) for f in manifest.files if f.table == table]
+
+    def read_shard(self, path: str, columns: list[str] | None = None) -> pl.DataFrame:
+        with self.fs.open(path, "rb") as f:
+            return pl.read_parquet(f, columns=columns)
+
+    def shard_schema(self, manifest: Manifest, table: str = DOCUMENTS) -> list[str]:
+        """Column names of a table's shards (all shards of a table share one schema); none when
+        the partition wrote no shard of that table (an empty crawl batch)."""
+        paths = self.shard_paths(manifest, table)
+        if not paths:
+            return []
+        with self.fs.open(paths[0], "rb") as f:
+            return list(pl.read_parquet_schema(f))
+
+    def scan(self, manifest: Manifest, table: str = DOCUMENTS) -> pl.LazyFrame:
+        """A lazy scan of a table: filters run inside the Parquet reader on local storage; on an
+        object store the shards are read whole (polars' own S3 client does not share fsspec's
+        settings), one table at a time."""
+        paths = self.shard_paths(manifest, table)
+        if self._is_local:
+            return pl.scan_parquet(paths) if paths else pl.LazyFrame()
+        return pl.concat([self.read_shard(path) for path in paths]).lazy() if paths else pl.LazyFrame()
+
+    # -- local mirrors: for tools that only open local paths (memory maps, PyTorch, fastText) --
+    def local_dir(self, asset: str, partition: str | None) -> Path:
+        """Where a partition's files are on local disk: the partition itself when the store is
+        local; otherwise a mirror under `$CRAWL2CKPT_CACHE` (default: the temp directory), keyed
+        by the store's URL, which survives a killed run so a restarted one resumes from it."""
+        if self._is_local:
+            return Path(self.partition_dir(asset, partition))
+        cache = Path(os.environ.get("CRAWL2CKPT_CACHE") or tempfile.gettempdir()) / "crawl2ckpt-cache"
+        return cache / hashlib.sha256(self.root.encode()).hexdigest()[:12] / asset / (partition or UNPARTITIONED)
+
+    def local_partition(self, manifest: Manifest) -> Path:
+        """`local_dir` with every file the manifest names present: downloaded once (to a temporary
+        name, then renamed, so a partial download is never taken for a file)."""
+        root = self.local_dir(manifest.asset, manifest.partition)
+        if self._is_local:
+            return root
+        directory = self.partition_dir(manifest.asset, manifest.partition)
+        for info in manifest.files:
+            local = root / info.path
+            if local.exists() and local.stat().st_size == info.bytes:
+                continue
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".part-{uuid.uuid4().hex}-{local.name}")
+            self.fs.get_file(posixpath.join(directory, info.path), str(tmp))
+            tmp.replace(local)
+        return root
+
+    def publish_files(
+        self, asset: str, partition: str | None, local_root: Path, files: list[Path], table: str
+    ) -> list[ShardInfo]:
+        """Files of a local mirror as shards of the partition, at their paths relative to
+        `local_root`: copied into the store when it is remote (a local store's mirror is the
+        partition itself). Each file is read once, for its hash and its upload."""
+        directory = self.partition_dir(asset, partition)
+        shards = []
+        for file in files:
+            data, relative = file.read_bytes(), file.relative_to(local_root).as_posix()
+            if not self._is_local:
+                self.write_bytes(posixpath.join(directory, relative), data)
+            shards.append(ShardInfo(path=relative, rows=0, bytes=len(data), sha256=sha256_bytes(data), table=table))
+        return shards
+
+    def iter_frames(
+        self, manifest: Manifest, columns: list[str] | None = None, table: str = DOCUMENTS
+    ) -> Iterator[pl.DataFrame]:
+        """One shard at a time, so memory stays bounded by the shard size."""
+        for path in self.shard_paths(manifest, table):
+            yield self.read_shard(path, columns)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    protocol = fs.protocol
+    return (protocol,) if isinstance(protocol, str) else tuple(protocol)

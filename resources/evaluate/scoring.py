@@ -1,0 +1,426 @@
+"""How good is a checkpoint: loss, perplexity and bits-per-byte on held-out text, and samples.
+
+Bits-per-byte is the number to compare across checkpoints, mixtures and tokenizers: the summed
+negative log-likelihood (in bits) a model gives a text, divided by the text's UTF-8 bytes. The
+bytes are the same whatever the tokenizer, so a model that cuts text into fewer, longer tokens
+gains nothing from it; loss and perplexity per token only compare models sharing a tokenizer.
+
+Scoring a document follows how training packs it: its tokens come after an EOS and end with one,
+so the model predicts every text token given that EOS, then the closing EOS (knowing where a
+document ends is part of modelling it; the EOS adds no bytes). A document longer than the
+context is cut into windows of `seq_len` predictions, each starting without context (the usual
+non-overlapping evaluation: slightly pessimistic next to a sliding window, and cheaper).
+
+The unigram baseline scores the same tokens by their frequency in the training data (add-one
+smoothed): a model that does not beat it has learned nothing beyond token counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+
+from resources.common.storage import ShardStore
+from resources.evaluate.errors import CheckpointLoadError, EvalSetError, EvaluationError
+from resources.evaluate.lm_eval_tasks import LmEvalSettings
+from resources.filter.quality_classifier import TextSourceError, load_text, split_documents
+from resources.rewrite.rewriter import VLLMSettings
+from resources.tokenize.shards import TRAIN, VALIDATION, read_token_shards, split_of
+from resources.tokenize.tokenizer import TokenizerError, TrainedTokenizer, load_tokenizer
+from resources.train.checkpoints import MANIFEST_FILE, CheckpointError, read_manifest, resolve_checkpoint
+
+HELD_OUT = "held_out"
+_IGNORE = -100
+_LN2 = math.log(2)
+DEFAULT_PROMPTS = (
+    "The history of the city",
+    "In this article, we explain how",
+    "Die Geschichte der Stadt",
+    "Question: What is the capital of France?\nAnswer:",
+)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EvalSetSpec(_Section):
+    path: str = Field(description="text or jsonl file (local path or fsspec URL); jsonl: a `text` field per line")
+    encoding: str | None = Field(default=None, description="default: detected (BOM, UTF-16, UTF-8, cp1252)")
+
+
+class GenerationSettings(_Section):
+    """Samples to read next to the numbers: fixed prompts and seed, so checkpoints compare."""
+
+    backend: Literal["vllm", "transformers", "none"] = "vllm"
+    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    max_tokens: int = Field(default=48, ge=1)
+    temperature: float = Field(default=0.8, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    seed: int = Field(default=0, ge=0)
+    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
+
+
+class EvaluationSettings(_Section):
+    eval_sets: dict[str, str | EvalSetSpec] = Field(
+        default_factory=lambda: {"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"},
+        description="name -> file; scored besides the project's held-out split",
+    )
+    held_out: bool = Field(default=True, description="score the validation split of the deduplicated documents")
+    max_tokens_per_set: int = Field(default=200_000, ge=1, description="whole documents, in file order, up to this")
+    seq_len: int | None = Field(default=None, ge=8, description="default: the context the checkpoint trained with")
+    batch_size: int = Field(default=16, ge=1)
+    device: str = "auto"
+    generation: GenerationSettings = Field(default_factory=GenerationSettings)
+    regression_tolerance: float = Field(
+        default=0.02, ge=0, description="bits-per-byte may rise this much (relative) over the previous checkpoint"
+    )
+    lm_eval: LmEvalSettings | None = Field(
+        default=None, description="downstream tasks from local files with lm-evaluation-harness (the `eval` extra)"
+    )
+
+    def specs(self) -> dict[str, EvalSetSpec]:
+        return {
+            name: spec if isinstance(spec, EvalSetSpec) else EvalSetSpec(path=spec)
+            for name, spec in self.eval_sets.items()
+        }
+
+    def output_shaping(self) -> dict[str, object]:
+        """What changes the numbers (not device or batch size). Eval sets by content, not path:
+        editing a set re-evaluates, moving the checkout does not."""
+        shaping = self.model_dump(
+            exclude={
+                "eval_sets": True,
+                "device": True,
+                "batch_size": True,
+                "regression_tolerance": True,
+                "generation": {"vllm": True},
+            }
+        )
+        shaping["eval_sets"] = {
+            name: {"encoding": spec.encoding, "content": _fingerprint(spec.path)} for name, spec in self.specs().items()
+        }
+        return shaping
+
+
+def _fingerprint(path: str) -> str:
+    """sha256 of a local file (eval sets are small); a remote or missing one by its path (a
+    missing set fails with a clear error when the asset runs, not when definitions load)."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    except OSError:
+        return path
+
+
+@dataclass(frozen=True)
+class EvalTexts:
+    name: str
+    documents: list[str]
+    source: str  # the file, or where a held-out split came from
+    encoding: str
+
+
+def load_eval_set(name: str, spec: EvalSetSpec) -> EvalTexts:
+    what = f"eval set {name!r}"
+    try:
+        text, encoding = load_text(spec.path, what=what, encoding=spec.encoding)
+        documents = split_documents(text, spec.path, what=what)
+    except TextSourceError as exc:
+        raise EvalSetError(str(exc)) from exc
+    return EvalTexts(name, documents, spec.path, encoding)
+
+
+def held_out_texts(store: ShardStore, asset: str, partitions: Iterable[str], validation_fraction: float) -> EvalTexts:
+    """The documents tokenization holds out (`split_of`, by doc_id alone), as text: scoring the
+    text rather than the token shards keeps bits-per-byte fair across tokenizers."""
+    documents: list[str] = []
+    for partition in partitions:
+        manifest = store.read_manifest(asset, partition)
+        if manifest is None:
+            raise EvaluationError(f"{asset}[{partition}] has no materialization: the held-out split needs it")
+        for frame in store.iter_frames(manifest, ["doc_id", "text"]):
+            held = frame.filter(
+                pl.col("doc_id").map_elements(lambda key: split_of(key, validation_fraction), return_dtype=pl.String)
+                == VALIDATION
+            )
+            documents.extend(held.get_column("text").to_list())
+    return EvalTexts(HELD_OUT, documents, f"{asset}, validation split ({validation_fraction:.1%})", "utf-8")
+
+
+def training_token_counts(store: ShardStore, sources: dict[str, dict[str, Any]], vocab_size: int) -> np.ndarray:
+    """Token frequencies of the train split of every token-shard partition in the mixture
+    (`{name: {"asset", "partitions"}}`), without MeCo prefixes: the unigram baseline's data."""
+    counts = np.zeros(vocab_size, dtype=np.int64)
+    for spec in sources.values():
+        for partition in spec["partitions"]:
+            manifest = store.read_manifest(spec["asset"], partition)
+            if manifest is None:
+                raise EvaluationError(f"{spec['asset']}[{partition}] has no materialization")
+            for shard in read_token_shards(store, manifest):
+                counts += token_counts(shard.spans(TRAIN, metadata=False), vocab_size)
+    return counts
+
+
+# --------------------------------------------------------------------------- the model
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    model: torch.nn.Module
+    tokenizer: TrainedTokenizer
+    seq_len: int
+    device: torch.device
+    manifest: dict[str, Any]  # our checkpoint manifest; empty for other Hugging Face directories
+
+
+def pick_device(name: str) -> torch.device:
+    return torch.device(("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name)
+
+
+def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedCheckpoint:
+    """One of our step directories (verified against its manifest), a run directory (its latest
+    verified step) or any Hugging Face causal LM directory with a fast tokenizer."""
+    from transformers import AutoModelForCausalLM  # slow import
+
+    root = Path(path)
+    if not root.is_dir():
+        raise CheckpointLoadError(f"checkpoint directory not found: {root}")
+    try:
+        if (root / MANIFEST_FILE).exists() or not (root / "config.json").exists():
+            root = resolve_checkpoint(root)
+        manifest = read_manifest(root) if (root / MANIFEST_FILE).exists() else {}
+        tokenizer = load_tokenizer(root)
+        model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+    except (CheckpointError, TokenizerError) as exc:
+        raise CheckpointLoadError(f"checkpoint {root} does not load: {exc}") from exc
+    except Exception as exc:  # transformers raises many types for one cause: files that are not a model
+        raise CheckpointLoadError(f"checkpoint {root} does not load as a causal LM: {exc}") from exc
+    vocab = model.get_input_embeddings().num_embeddings
+    if tokenizer.vocab_size > vocab:
+        raise CheckpointLoadError(f"checkpoint {root}: tokenizer has {tokenizer.vocab_size} ids, the model {vocab}")
+    seq_len = manifest.get("model", {}).get("seq_len") or min(model.config.max_position_embeddings, 2048)
+    target = pick_device(device)
+    return LoadedCheckpoint(root, model.to(target).eval(), tokenizer, int(seq_len), target, manifest)
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+@dataclass(frozen=True)
+class SetScore:
+    eval_set: str
+    documents: int
+    bytes: int
+    tokens: int  # predictions scored: text tokens plus one EOS per document
+    nll_nats: float
+    unigram_bits: float | None
+    encoding: str
+
+    @property
+    def loss(self) -> float:
+        return self.nll_nats / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(min(self.loss, 700.0))
+
+    @property
+    def bits_per_byte(self) -> float:
+        return self.nll_nats / _LN2 / self.bytes
+
+    @property
+    def unigram_bits_per_byte(self) -> float | None:
+        return None if self.unigram_bits is None else self.unigram_bits / self.bytes
+
+    def row(self) -> dict[str, Any]:
+        return {
+            "eval_set": self.eval_set,
+            "documents": self.documents,
+            "bytes": self.bytes,
+            "tokens": self.tokens,
+            "loss": self.loss,
+            "perplexity": self.perplexity,
+            "bits_per_byte": self.bits_per_byte,
+            "unigram_bits_per_byte": self.unigram_bits_per_byte,
+            "encoding": self.encoding,
+        }
+
+
+def unigram_log2_probs(counts: np.ndarray) -> np.ndarray:
+    """log2 p(token) with add-one smoothing, so a token never seen in training costs a finite amount."""
+    smoothed = counts.astype(np.float64) + 1.0
+    return np.log2(smoothed / smoothed.sum())
+
+
+def token_counts(spans: Iterable[np.ndarray], vocab_size: int) -> np.ndarray:
+    spans = [np.asarray(span, dtype=np.int64) for span in spans]
+    if not spans:
+        return np.zeros(vocab_size, dtype=np.int64)
+    return np.bincount(np.concatenate(spans), minlength=vocab_size)[:vocab_size]
+
+
+def score_texts(
+    checkpoint: LoadedCheckpoint,
+    texts: EvalTexts,
+    *,
+    max_tokens: int,
+    batch_size: int = 16,
+    seq_len: int | None = None,
+    unigram: np.ndarray | None = None,
+) -> SetScore:
+    """`unigram`: log2 probabilities per token id (see `unigram_log2_probs`), or None."""
+    tokenizer = checkpoint.tokenizer
+    eos = tokenizer.eos_id
+    encoded = tokenizer.tokenizer.encode_batch(texts.documents, add_special_tokens=False)
+    sequences: list[np.ndarray] = []
+    used_bytes = 0
+    budget = max_tokens
+    for document, encoding in zip(texts.documents, encoded, strict=True):
+        if not encoding.ids:
+            continue
+        if sequences and len(encoding.ids) + 1 > budget:
+            break
+        sequences.append(np.array([eos, *encoding.ids, eos], dtype=np.int64))
+        used_bytes += len(document.encode("utf-8"))
+        budget -= len(encoding.ids) + 1
+    if not sequences:
+        raise EvalSetError(f"eval set {texts.name!r} ({texts.source}): no document has any token")
+    window = seq_len or checkpoint.seq_len
+    nll = _sum_nll(checkpoint, _windows(sequences, window), batch_size)
+    targets = np.concatenate([s[1:] for s in sequences])
+    unigram_bits = None if unigram is None else float(-unigram[targets].sum())
+    return SetScore(texts.name, len(sequences), used_bytes, int(targets.size), nll, unigram_bits, texts.encoding)
+
+
+def _windows(sequences: Sequence[np.ndarray], seq_len: int) -> list[np.ndarray]:
+    """Windows of at most `seq_len + 1` tokens overlapping by one: each window predicts its last
+    `len - 1` tokens, so every token after a document's opening EOS is predicted exactly once."""
+    out = []
+    for sequence in sequences:
+        for start in range(0, len(sequence) - 1, seq_len):
+            out.append(sequence[start : start + seq_len + 1])
+    return out
+
+
+@torch.inference_mode()
+def _sum_nll(checkpoint: LoadedCheckpoint, windows: list[np.ndarray], batch_size: int) -> float:
+    """Longest windows first, right-padded: with causal attention, padding after a token never
+    changes that token's prediction, so no attention mask is needed."""
+    windows = sorted(windows, key=len, reverse=True)
+    total = 0.0
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=checkpoint.device.type == "cuda")
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start : start + batch_size]
+        width = len(batch[0]) - 1
+        inputs = np.zeros((len(batch), width), dtype=np.int64)
+        labels = np.full((len(batch), width), _IGNORE, dtype=np.int64)
+        for row, window in enumerate(batch):
+            inputs[row, : len(window) - 1] = window[:-1]
+            labels[row, : len(window) - 1] = window[1:]
+        x = torch.from_numpy(inputs).to(checkpoint.device)
+        y = torch.from_numpy(labels).to(checkpoint.device)
+        with autocast:
+            logits = checkpoint.model(input_ids=x).logits
+        total += float(
+            F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=_IGNORE, reduction="sum")
+        )
+    return total
+
+
+# --------------------------------------------------------------------------- samples
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt: str
+    text: str
+    finish_reason: str
+    output_tokens: int
+
+
+def generate_samples(checkpoint: LoadedCheckpoint, settings: GenerationSettings) -> list[Sample]:
+    """Each prompt after an EOS, as documents start in training; one seed per prompt (the
+    setting's seed plus its position), so a prompt's sample does not depend on the others."""
+    if settings.backend == "none" or not settings.prompts:
+        return []
+    tokenizer = checkpoint.tokenizer
+    encoded = tokenizer.tokenizer.encode_batch(settings.prompts, add_special_tokens=False)
+    prompts = [[tokenizer.eos_id, *e.ids] for e in encoded]
+    if settings.backend == "vllm":
+        return _vllm_samples(checkpoint, settings, prompts)
+    return _transformers_samples(checkpoint, settings, prompts)
+
+
+def _vllm_samples(checkpoint: LoadedCheckpoint, settings: GenerationSettings, prompts: list[list[int]]) -> list[Sample]:
+    from resources.rewrite.recipes import Sampling
+    from resources.rewrite.rewriter import GenerationRequest, VLLMBackend, inspect_model
+
+    sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
+    max_len = max(len(p) for p in prompts) + settings.max_tokens
+    with VLLMBackend.start(inspect_model(checkpoint.path), settings.vllm, max(max_len, checkpoint.seq_len)) as backend:
+        generations = backend.generate(
+            [GenerationRequest(p, sampling, settings.seed + i) for i, p in enumerate(prompts)]
+        )
+    return [
+        Sample(prompt, g.text, g.finish_reason, g.output_tokens)
+        for prompt, g in zip(settings.prompts, generations, strict=True)
+    ]
+
+
+@torch.inference_mode()
+def _transformers_samples(
+    checkpoint: LoadedCheckpoint, settings: GenerationSettings, prompts: list[list[int]]
+) -> list[Sample]:
+    samples = []
+    tokenizer = checkpoint.tokenizer
+    for i, (prompt, ids) in enumerate(zip(settings.prompts, prompts, strict=True)):
+        torch.manual_seed(settings.seed + i)
+        sampled = settings.temperature > 0
+        output = checkpoint.model.generate(
+            torch.tensor([ids], device=checkpoint.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=checkpoint.device),
+            max_new_tokens=settings.max_tokens,
+            do_sample=sampled,
+            temperature=settings.temperature if sampled else None,
+            top_p=settings.top_p if sampled else None,
+            eos_token_id=tokenizer.eos_id,
+            pad_token_id=tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_id,
+        )[0, len(ids) :].tolist()
+        stopped = bool(output) and output[-1] == tokenizer.eos_id
+        text = tokenizer.tokenizer.decode(output[:-1] if stopped else output)
+        samples.append(Sample(prompt, text, "stop" if stopped else "length", len(output)))
+    return samples
+
+
+# --------------------------------------------------------------------------- results
+
+
+def is_finite_result(rows: Iterable[dict[str, Any]]) -> bool:
+    return all(
+        isinstance(row[k], int | float) and math.isfinite(row[k])
+        for row in rows
+        for k in ("loss", "perplexity", "bits_per_byte")
+    )
+
+
+def regressions(
+    current: dict[str, float], previous: dict[str, float], tolerance: float
+) -> dict[str, tuple[float, float]]:
+    """Eval sets whose bits-per-byte rose by more than `tolerance` (relative) since `previous`;
+    sets only one side has are not compared."""
+    return {
+        name: (previous[name], value)
+        for name, value in current.items()
+        if name in previous and value > previous[name] * (1 + tolerance)
+    }

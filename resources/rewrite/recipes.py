@@ -1,0 +1,229 @@
+"""Rewriting recipes: named, versioned prompt templates with their sampling and their share of
+the corpus.
+
+A recipe is everything that decides what a synthetic document looks like: the template, the
+sampling parameters, the prompt budget and which source documents it is applied to. The library
+holds the techniques the literature found useful (WRAP/Nemotron-CC style encyclopedic rephrasing,
+Q&A pairs as in Instruction Pre-Training, key-knowledge extraction, ProX/RefineX-style clean-up);
+a settings file picks recipes by name and overrides any field, or defines new ones.
+
+`recipe_fingerprint()` hashes every output-shaping field, version included, so an edited template
+makes the rewritten asset stale even if nobody bumped the version; the version is still stored on
+every output row, so a corpus can be filtered by it later.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Self
+
+import polars as pl
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from resources.common.storage import stable_hash
+
+TEXT_SLOT = "{text}"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Sampling(_Model):
+    """Per-recipe sampling. `seed` is the recipe's base seed: each row is generated with a seed
+    derived from it and the source document (see `row_seed`)."""
+
+    temperature: float = Field(default=0.7, ge=0)
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_tokens: int = Field(default=512, ge=1)
+    seed: int = Field(default=0, ge=0)
+    stop: tuple[str, ...] = Field(default=(), description="strings that end a generation (not kept)")
+
+    def to_json(self) -> str:
+        """The `sampling` column: sorted keys, so equal settings give equal strings."""
+        return json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
+
+
+class Selection(_Model):
+    """Which source documents a recipe is applied to. Empty lists mean "any"; every filter is
+    deterministic, so a rerun selects exactly the same documents."""
+
+    quality_range: tuple[float, float] | None = Field(
+        default=None,
+        description="low <= quality_score < high (a high of 1 includes 1): e.g. rephrase the middle "
+        "quality buckets and extract knowledge from the top ones, as Nemotron-CC does",
+    )
+    languages: list[str] = Field(default_factory=list, description="`language` values")
+    domains: list[str] = Field(default_factory=list, description="a domain or any of its subdomains")
+    crawls: list[str] = Field(default_factory=list, description="`crawl` values (the source snapshot)")
+    sample_fraction: float = Field(
+        default=1.0, gt=0, le=1, description="share of the matching documents, chosen by a hash of doc_id"
+    )
+
+    @field_validator("quality_range")
+    @classmethod
+    def _ordered(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not value[0] < value[1]:
+            raise ValueError(f"quality_range must be (low, high) with low < high, got {value}")
+        return value
+
+    def required_columns(self) -> set[str]:
+        """Columns a shard must have for this selection to be evaluated."""
+        needed = {"doc_id"}
+        if self.quality_range is not None:
+            needed.add("quality_score")
+        if self.languages:
+            needed.add("language")
+        if self.domains:
+            needed.add("domain")
+        if self.crawls:
+            needed.add("crawl")
+        return needed
+
+
+class Recipe(_Model):
+    """A prompt template (one `{text}` slot where the source document goes) and its settings."""
+
+    name: str = Field(pattern=r"^[a-z0-9_]+$")
+    version: str = Field(min_length=1, description="bump when the template or its intent changes")
+    template: str
+    sampling: Sampling = Field(default_factory=Sampling)
+    max_prompt_tokens: int | None = Field(
+        default=None, ge=16, description="cap on the prompt; the model context minus max_tokens caps it too"
+    )
+    selection: Selection = Field(default_factory=Selection)
+
+    @model_validator(mode="after")
+    def _one_slot(self) -> Self:
+        if self.template.count(TEXT_SLOT) != 1:
+            raise ValueError(f"recipe {self.name!r}: the template must contain {TEXT_SLOT} exactly once")
+        return self
+
+    @property
+    def fingerprint(self) -> str:
+        return stable_hash(self.model_dump())[:12]
+
+    def render(self, text: str) -> str:
+        """The prompt. A plain replace, not str.format, so braces in templates and documents
+        (code, JSON, LaTeX) need no escaping."""
+        return self.template.replace(TEXT_SLOT, text)
+
+    def select(self, frame: pl.DataFrame) -> pl.Series:
+        """Boolean mask of the rows of `frame` this recipe is applied to."""
+        missing = self.selection.required_columns() - set(frame.columns)
+        if missing:
+            raise ValueError(f"recipe {self.name!r} selects on column(s) the documents lack: {sorted(missing)}")
+        s = self.selection
+        mask = pl.lit(True)
+        if s.quality_range is not None:
+            low, high = s.quality_range
+            score = pl.col("quality_score")
+            mask &= (score >= low) & ((score < high) | (score == high) & (high >= 1))
+        if s.languages:
+            mask &= pl.col("language").is_in(s.languages)
+        if s.domains:
+            domain = pl.col("domain").str.to_lowercase()
+            matches = [(domain == d.lower()) | domain.str.ends_with("." + d.lower()) for d in s.domains]
+            mask &= pl.any_horizontal(matches)
+        if s.crawls:
+            mask &= pl.col("crawl").is_in(s.crawls)
+        # with_columns broadcasts a mask of literals only (no filter configured) to every row
+        selected = frame.with_columns(mask.fill_null(False).alias("__selected")).get_column("__selected")
+        if s.sample_fraction < 1:
+            sampled = [sample_point(self.name, doc_id) < s.sample_fraction for doc_id in frame["doc_id"]]
+            selected &= pl.Series(sampled, dtype=pl.Boolean)
+        return selected
+
+
+def sample_point(recipe: str, doc_id: str) -> float:
+    """A uniform number in [0, 1) fixed by (recipe, doc_id): sampling by it is deterministic and
+    stable when other documents come and go, and different recipes sample independently."""
+    digest = hashlib.blake2b(f"{recipe}\0{doc_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def row_seed(base_seed: int, doc_id: str) -> int:
+    """The seed one generation runs with. Distinct per document, so documents whose prompts share
+    a prefix (the template) do not draw the same random stream, and fixed, so a rerun of a shard
+    samples the same tokens."""
+    digest = hashlib.blake2b(f"{base_seed}\0{doc_id}".encode(), digest_size=4).digest()
+    return int.from_bytes(digest, "big") & 0x7FFF_FFFF
+
+
+_SOURCE = "\n\nText:\n{text}\n\n"
+
+LIBRARY: dict[str, Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe(
+            name="encyclopedic",
+            version="1",
+            template="Rewrite the following web text as a clear, factual passage in the style of an encyclopedia "
+            "article. Keep every fact and name; leave out navigation, advertising and boilerplate."
+            + _SOURCE
+            + "Encyclopedia passage:\n",
+            sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=512),
+        ),
+        Recipe(
+            name="qa_pairs",
+            version="1",
+            template="Read the text and write question and answer pairs that can be answered from the text alone. "
+            'Write each pair as "Question: ..." on one line and "Answer: ..." on the next.'
+            + _SOURCE
+            + "Question and answer pairs:\n",
+            sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=512),
+        ),
+        Recipe(
+            name="key_knowledge",
+            version="1",
+            template="Extract the key knowledge from the text: the facts, definitions and relations a student "
+            "should remember, as a concise list of self-contained statements, one per line."
+            + _SOURCE
+            + "Key knowledge:\n",
+            sampling=Sampling(temperature=0.5, top_p=0.9, max_tokens=384),
+        ),
+        Recipe(
+            name="refine",
+            version="1",
+            template="Clean up the following web text: remove navigation, advertising, cookie notices and "
+            "unrelated fragments, fix broken formatting, and keep the remaining wording unchanged."
+            + _SOURCE
+            + "Cleaned text:\n",
+            sampling=Sampling(temperature=0.2, top_p=0.9, max_tokens=768),
+        ),
+    )
+}
+
+
+def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """`override` laid over `base`, nested mappings key by key (so overriding one sampling
+    parameter keeps the others)."""
+    merged = dict(base)
+    for key, value in override.items():
+        nested = isinstance(value, Mapping) and isinstance(merged.get(key), Mapping)
+        merged[key] = _merge(merged[key], value) if nested else value
+    return merged
+
+
+def resolve_recipes(chosen: Mapping[str, Mapping[str, Any]]) -> list[Recipe]:
+    """Settings -> recipes: each key names a library recipe whose fields the value overrides
+    (nested, e.g. `{"qa_pairs": {"selection": {"languages": ["en"]}}}`), or, for a name not in the
+    library, a complete new recipe. Sorted by name, so the order of the settings file does not
+    change outputs or fingerprints."""
+    recipes = []
+    for name, override in sorted(chosen.items()):
+        base = LIBRARY[name].model_dump() if name in LIBRARY else {}
+        try:
+            recipes.append(Recipe.model_validate(_merge(base, {**override, "name": name})))
+        except ValueError as exc:
+            known = ", ".join(sorted(LIBRARY))
+            raise ValueError(f"recipe {name!r} is invalid (library recipes: {known}): {exc}") from exc
+    return recipes
+
+
+def recipe_fingerprint(recipes: Sequence[Recipe]) -> str:
+    """One hash over every output-shaping field of the recipes (name, version, template, sampling,
+    budget, selection): part of the rewritten asset's code_version."""
+    return stable_hash(sorted(recipe.model_dump_json() for recipe in recipes))[:12]

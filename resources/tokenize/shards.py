@@ -1,0 +1,425 @@
+"""Documents in, token shards out: the engine behind a tokenized per-crawl-batch asset.
+
+One input shard of documents becomes one token shard, so memory is bounded by one input shard
+(plus its tokens), and resume and staleness work per shard like every other stage:
+
+    tokens-00003-<sha16>.bin               table "tokens": the flat token array, raw little-endian
+                                           uint16 (vocabulary <= 65536) or uint32; ShardInfo.rows
+                                           is its token count
+    token_index-00003-<sha16>.parquet      table "token_index": one row per document, in order
+
+The number (00003) is the input shard's position, shared by a tokens file and its index. Empty
+input shards write nothing. Index columns:
+
+    doc_id         the document (join to the document tables and the lineage catalog)
+    offset         first token of the document's span in this shard's token array
+    length         tokens of the span without its EOS: prefix + text; tokens[offset + length] is EOS
+    prefix_length  metadata tokens at the start of the span (MeCo, see below); 0 without
+    split          "train" or "validation"
+    text_bytes     UTF-8 bytes of the text, for bits-per-byte
+
+Spans are back to back: the next document starts at offset + length + 1, so every token belongs
+to exactly one document, and `decode(tokens[offset + prefix_length : offset + length]) == text`.
+Text is encoded without matching special tokens, so a page that contains the string
+"<|endoftext|>" gets ordinary tokens for it: only the appended EOS is an EOS id.
+
+Split: `validation` when blake2b(key) mod 10,000 < validation_fraction * 10,000, where the key
+is `source_doc_id` if the row has one (a synthetic rewrite lands in its source's split, so a
+paraphrase of a held-out page is never trained on), else `doc_id`. It depends on nothing else:
+the same document is held out in every run, shard layout and partition.
+
+Metadata conditioning (MeCo, `metadata_prefix: url|domain`): "URL: <url or domain>\\n\\n" is
+encoded on its own and put before the text's tokens, its token count in `prefix_length`
+(documents without a URL/domain get none). The loader's contract:
+- train split, until the cool-down: feed whole spans, EOS included, and compute no loss on the
+  prefix tokens (labels -100 for tokens[offset : offset + prefix_length]), as MeCo does;
+- the cool-down (MeCo: the last 10% of training tokens): drop the prefixes, i.e. feed
+  tokens[offset + prefix_length : offset + length + 1];
+- validation: always without prefixes, so losses compare across runs with and without MeCo.
+`TokenShard.spans` yields spans either way.
+
+Speed: HF `tokenizers` encodes a batch on all cores (Rayon) with the GIL released. Batches of
+about `batch_chars` characters bound the memory of its per-token Encoding objects; the next
+batch is encoded in a helper thread while this one's ids are copied into numpy, so that copy
+hides behind the encoding instead of adding to it. Rayon's pool size follows
+`RAYON_NUM_THREADS` (default: all cores). `tokenizers` runs on one core when
+TOKENIZERS_PARALLELISM=false, or in a process forked after it was used: run stages in spawned
+processes (Dagster's multiprocess executor default).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import posixpath
+import re
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import polars as pl
+from fsspec.implementations.local import LocalFileSystem
+from pydantic import BaseModel, ConfigDict, Field
+from tokenizers import Encoding, Tokenizer
+
+from resources.common.storage import Manifest, ShardInfo, ShardStore, sha256_bytes
+from resources.tokenize.tokenizer import TrainedTokenizer
+
+TOKENS = "tokens"
+TOKEN_INDEX = "token_index"
+TRAIN, VALIDATION = "train", "validation"
+SPLIT_BUCKETS = 10_000
+INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String(),
+    "offset": pl.Int64(),
+    "length": pl.Int64(),
+    "prefix_length": pl.Int64(),
+    "split": pl.String(),
+    "text_bytes": pl.Int64(),
+}
+PREFIX_TEMPLATE = "URL: {}\n\n"  # MeCo's format, with the full URL or just the domain
+_SHARD_NUMBER = re.compile(r"^[a-z_]+-(\d+)-")
+
+
+class TokenShardError(ValueError):
+    """Documents cannot be tokenized, or token shards do not fit their tokenizer or manifest."""
+
+
+class TokenShardSettings(BaseModel):
+    """How documents become token shards."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    validation_fraction: float = Field(default=0.05, ge=0, le=1, description="documents held out, by hash")
+    metadata_prefix: Literal["none", "url", "domain"] = Field(
+        default="none", description="MeCo: 'URL: <url or domain>\\n\\n' before each document"
+    )
+    batch_chars: int = Field(
+        default=4_000_000, ge=1, description="characters per encode call: memory only (~100 bytes a token in flight)"
+    )
+
+    def output_shaping(self) -> dict[str, object]:
+        """The settings whose change alters the shards written (not how fast or in what memory)."""
+        return self.model_dump(exclude={"batch_chars"})
+
+    @property
+    def required_columns(self) -> list[str]:
+        """doc_id and text, and the column the metadata prefix is made of."""
+        return ["doc_id", "text"] + ([] if self.metadata_prefix == "none" else [self.metadata_prefix])
+
+    def input_columns(self, available: Iterable[str]) -> list[str]:
+        """The document columns to read: the required ones, and source_doc_id where the
+        documents have one (synthetic rows: it decides their split)."""
+        return self.required_columns + [column for column in ("source_doc_id",) if column in set(available)]
+
+
+def shard_dtype(vocab_size: int) -> np.dtype:
+    """Little-endian uint16 while every id fits (ids < 65536), else uint32."""
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+def split_of(key: str, validation_fraction: float) -> str:
+    """'validation' for about `validation_fraction` of keys, fixed by the key alone."""
+    bucket = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") % SPLIT_BUCKETS
+    return VALIDATION if bucket < round(validation_fraction * SPLIT_BUCKETS) else TRAIN
+
+
+@dataclass(frozen=True)
+class TokenChunk:
+    """The tokens of one input shard and their index (INDEX_SCHEMA)."""
+
+    shard: int  # the input shard's position in its partition
+    tokens: np.ndarray
+    index: pl.DataFrame
+
+    @property
+    def documents(self) -> int:
+        return self.index.height
+
+
+class TokenEncoder:
+    """Encodes document frames with one tokenizer into TokenChunks."""
+
+    def __init__(self, tokenizer: TrainedTokenizer, settings: TokenShardSettings) -> None:
+        self.settings = settings
+        self.dtype = shard_dtype(tokenizer.vocab_size)
+        self.eos_id = tokenizer.eos_id
+        # A private copy: the caller's tokenizer keeps its own truncation, padding and
+        # special-token matching, which would otherwise cut documents or turn text into EOS ids.
+        self._tokenizer = Tokenizer.from_str(tokenizer.tokenizer.to_str())
+        self._tokenizer.no_truncation()
+        self._tokenizer.no_padding()
+        self._tokenizer.encode_special_tokens = True
+
+    def encode_frames(self, frames: Iterable[pl.DataFrame]) -> Iterator[TokenChunk]:
+        """One chunk per frame, in order, numbered by position; encoding runs one batch ahead."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
+            for shard, frame in enumerate(frames):
+                yield self._encode_frame(shard, frame, pool)
+
+    def _encode_frame(self, shard: int, frame: pl.DataFrame, pool: ThreadPoolExecutor) -> TokenChunk:
+        self._check(frame)
+        texts = frame.get_column("text").to_list()
+        prefixes = self._prefixes(frame)
+        batches = iter(_batches(frame.get_column("text").str.len_chars().to_list(), self.settings.batch_chars))
+        pieces: list[np.ndarray] = []
+        lengths: list[int] = []
+        prefix_lengths: list[int] = []
+        batch = next(batches, None)
+        pending = None if batch is None else self._submit(pool, texts, prefixes, batch)
+        while pending is not None:
+            encodings = pending.result()
+            batch = next(batches, None)
+            pending = None if batch is None else self._submit(pool, texts, prefixes, batch)
+            pieces.append(self._flatten(encodings, lengths, prefix_lengths))
+        tokens = np.concatenate(pieces) if pieces else np.zeros(0, dtype=self.dtype)
+        return TokenChunk(shard, tokens, self._index(frame, lengths, prefix_lengths))
+
+    def _check(self, frame: pl.DataFrame) -> None:
+        missing = [c for c in self.settings.required_columns if c not in frame.columns]
+        if missing:
+            raise TokenShardError(f"documents lack column(s) {missing} (have {frame.columns})")
+        for column in ("doc_id", "text"):
+            nulls = frame.get_column(column).null_count()
+            if nulls:
+                raise TokenShardError(f"{nulls} documents have a null {column}")
+
+    def _prefixes(self, frame: pl.DataFrame) -> list[str] | None:
+        if self.settings.metadata_prefix == "none":
+            return None
+        values = frame.get_column(self.settings.metadata_prefix).to_list()
+        return [PREFIX_TEMPLATE.format(value) if value else "" for value in values]
+
+    def _submit(
+        self, pool: ThreadPoolExecutor, texts: list[str], prefixes: list[str] | None, batch: tuple[int, int]
+    ) -> Future[list[Encoding]]:
+        """Encode a batch's texts, then their prefixes, in one call (one Rayon fan-out, one tail);
+        without character offsets, which nothing here needs."""
+        start, stop = batch
+        inputs = texts[start:stop] if prefixes is None else texts[start:stop] + prefixes[start:stop]
+        return pool.submit(self._tokenizer.encode_batch_fast, inputs, add_special_tokens=False)
+
+    def _flatten(self, encodings: list[Encoding], lengths: list[int], prefix_lengths: list[int]) -> np.ndarray:
+        """[prefix] text EOS for each document of a batch, as one array; appends to the lengths.
+        Each document's ids become a Python list only while numpy copies them (lazily, through
+        the generators): a batch's worth of such lists alive at once costs half again as much."""
+        eos = [self.eos_id]
+        if self.settings.metadata_prefix == "none":
+            texts = [len(encoding) for encoding in encodings]
+            prefixes = [0] * len(texts)
+            groups: Iterator[tuple[list[int], ...]] = ((encoding.ids, eos) for encoding in encodings)
+        else:
+            documents = len(encodings) // 2
+            texts = [len(encoding) for encoding in encodings[:documents]]
+            prefixes = [len(encoding) for encoding in encodings[documents:]]
+            pairs = zip(encodings[documents:], encodings[:documents], strict=True)
+            groups = ((prefix.ids, text.ids, eos) for prefix, text in pairs)
+        spans = [prefix + text for prefix, text in zip(prefixes, texts, strict=True)]
+        lengths += spans
+        prefix_lengths += prefixes
+        ids = itertools.chain.from_iterable(itertools.chain.from_iterable(groups))
+        return np.fromiter(ids, dtype=self.dtype, count=sum(spans) + len(spans))
+
+    def _index(self, frame: pl.DataFrame, lengths: list[int], prefix_lengths: list[int]) -> pl.DataFrame:
+        span = np.asarray(lengths, dtype=np.int64)
+        offsets = np.cumsum(span + 1) - (span + 1)
+        keys = frame.get_column("doc_id")
+        if "source_doc_id" in frame.columns:
+            keys = frame.get_column("source_doc_id").fill_null(keys)
+        fraction = self.settings.validation_fraction
+        return pl.DataFrame(
+            {
+                "doc_id": frame.get_column("doc_id"),
+                "offset": offsets,
+                "length": span,
+                "prefix_length": np.asarray(prefix_lengths, dtype=np.int64),
+                "split": [split_of(key, fraction) for key in keys.to_list()],
+                "text_bytes": frame.get_column("text").str.len_bytes(),
+            },
+            schema=INDEX_SCHEMA,
+        )
+
+
+def _batches(lengths: list[int], budget: int) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) ranges of about `budget` characters (a longer text is its own)."""
+    ranges: list[tuple[int, int]] = []
+    start, size = 0, 0
+    for position, length in enumerate(lengths):
+        if size and size + length > budget:
+            ranges.append((start, position))
+            start, size = position, 0
+        size += length
+    if start < len(lengths):
+        ranges.append((start, len(lengths)))
+    return ranges
+
+
+def encode_partition(
+    frames: Iterable[pl.DataFrame], tokenizer: TrainedTokenizer, settings: TokenShardSettings
+) -> Iterator[TokenChunk]:
+    """One TokenChunk per document frame (columns: `settings.input_columns`), in order."""
+    return TokenEncoder(tokenizer, settings).encode_frames(frames)
+
+
+@dataclass
+class TokenShardsResult:
+    """What `tokenize_partition` wrote: the files for the manifest and the numbers for its stats.
+
+    `stats` (for Manifest.stats, where readers find the dtype): documents, tokens (all of them:
+    prefixes and EOS included), prefix_tokens, validation_documents, validation_tokens (their
+    whole spans), dtype, vocab_size, eos_id, tokenizer_version, validation_fraction, metadata_prefix.
+    """
+
+    files: list[ShardInfo]
+    stats: dict[str, Any]
+    seconds: float
+
+    @property
+    def tokens(self) -> int:
+        return int(self.stats["tokens"])
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
+def tokenize_partition(
+    store: ShardStore,
+    asset: str,
+    partition: str | None,
+    frames: Iterable[pl.DataFrame],
+    tokenizer: TrainedTokenizer,
+    settings: TokenShardSettings,
+) -> TokenShardsResult:
+    """Encode a partition's document frames and write its token shards (not the manifest: the
+    caller commits `Manifest(files=result.files, stats=result.stats, ...)`)."""
+    started = time.perf_counter()
+    directory = store.partition_dir(asset, partition)
+    files: list[ShardInfo] = []
+    counts = dict.fromkeys(("documents", "tokens", "prefix_tokens", "validation_documents", "validation_tokens"), 0)
+    for chunk in encode_partition(frames, tokenizer, settings):
+        if not chunk.documents:
+            continue
+        data = chunk.tokens.tobytes()
+        digest = sha256_bytes(data)
+        name = f"{TOKENS}-{chunk.shard:05d}-{digest[:16]}.bin"
+        store.write_bytes(posixpath.join(directory, name), data)
+        files.append(ShardInfo(path=name, rows=chunk.tokens.size, bytes=len(data), sha256=digest, table=TOKENS))
+        files.append(store.write_parquet_shard(asset, partition, chunk.shard, chunk.index, TOKEN_INDEX))
+        validation = chunk.index.filter(pl.col("split") == VALIDATION)
+        counts["documents"] += chunk.documents
+        counts["tokens"] += chunk.tokens.size
+        counts["prefix_tokens"] += int(chunk.index.get_column("prefix_length").sum())
+        counts["validation_documents"] += validation.height
+        counts["validation_tokens"] += int((validation.get_column("length") + 1).sum())
+    stats = {
+        **counts,
+        "dtype": shard_dtype(tokenizer.vocab_size).name,
+        "vocab_size": tokenizer.vocab_size,
+        "eos_id": tokenizer.eos_id,
+        "tokenizer_version": tokenizer.version,
+        **settings.output_shaping(),
+    }
+    return TokenShardsResult(files, stats, time.perf_counter() - started)
+
+
+# -- reading -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenShard:
+    """A token array (memory-mapped when local) and, when given, its index."""
+
+    tokens: np.ndarray
+    index: pl.DataFrame | None = None
+
+    @classmethod
+    def open(
+        cls, source: str | os.PathLike[str] | bytes, dtype: str | np.dtype, index: pl.DataFrame | None = None
+    ) -> TokenShard:
+        """A local file (memory-mapped, nothing read up front) or the bytes of one."""
+        dtype = np.dtype(dtype).newbyteorder("<")
+        size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+        if size % dtype.itemsize:
+            raise TokenShardError(f"token shard of {size} bytes is not a whole number of {dtype.name} ids: truncated?")
+        if isinstance(source, bytes):
+            tokens = np.frombuffer(source, dtype=dtype)
+        elif size == 0:  # numpy cannot map an empty file
+            tokens = np.zeros(0, dtype=dtype)
+        else:
+            tokens = np.memmap(source, dtype=dtype, mode="r")
+        if index is not None:
+            _check_index(tokens, index)
+        return cls(tokens, index)
+
+    def spans(self, split: str | None = None, *, metadata: bool = True) -> Iterator[np.ndarray]:
+        """Each document's tokens with its EOS, in order; only `split`'s documents when given;
+        without the MeCo prefix when `metadata` is False (the cool-down and validation)."""
+        if self.index is None:
+            raise TokenShardError("spans need the shard's index")
+        rows = self.index if split is None else self.index.filter(pl.col("split") == split)
+        for offset, length, prefix in rows.select("offset", "length", "prefix_length").iter_rows():
+            yield self.tokens[offset + (0 if metadata else prefix) : offset + length + 1]
+
+
+def _check_index(tokens: np.ndarray, index: pl.DataFrame) -> None:
+    """The spans must tile the array exactly."""
+    span = index.get_column("length") + 1
+    expected = span.cum_sum() - span
+    if not (index.get_column("offset") == expected).all() or int(span.sum() or 0) != tokens.size:
+        raise TokenShardError(f"token index does not match its shard ({tokens.size} tokens, {index.height} documents)")
+
+
+def read_token_shards(store: ShardStore, manifest: Manifest) -> Iterator[TokenShard]:
+    """A partition's token shards with their indexes, in shard order: memory-mapped from local
+    storage, read whole from an object store. Checks each file's size against the manifest."""
+    dtype = manifest.stats.get("dtype")
+    if dtype is None:
+        raise TokenShardError(f"{manifest.asset}[{manifest.partition}]: manifest stats record no token dtype")
+    directory = store.partition_dir(manifest.asset, manifest.partition)
+    indexes = {_shard_number(f.path): f for f in manifest.files if f.table == TOKEN_INDEX}
+    for info in (f for f in manifest.files if f.table == TOKENS):
+        index_info = indexes.get(_shard_number(info.path))
+        if index_info is None:
+            raise TokenShardError(f"{manifest.asset}[{manifest.partition}]: {info.path} has no token_index file")
+        path = posixpath.join(directory, info.path)
+        source: str | bytes = path if isinstance(store.fs, LocalFileSystem) else store.read_bytes(path)
+        size = len(source) if isinstance(source, bytes) else store.fs.size(path)
+        if size != info.bytes:
+            raise TokenShardError(f"{path}: {size} bytes, the manifest says {info.bytes}")
+        index = store.read_shard(posixpath.join(directory, index_info.path))
+        yield TokenShard.open(source, dtype, index)
+
+
+def _shard_number(name: str) -> int:
+    match = _SHARD_NUMBER.match(name)
+    if match is None:
+        raise TokenShardError(f"not a token shard file name: {name}")
+    return int(match.group(1))
+
+
+def check_vocab(tokens: np.ndarray, vocab_size: int, recorded_dtype: str | None = None) -> None:
+    """Raise TokenShardError when shards cannot have come from a tokenizer of `vocab_size`:
+    an id at or above it, or a dtype other than the one recorded when they were written
+    (`recorded_dtype`, from the manifest stats) or than this vocabulary needs."""
+    expected = shard_dtype(vocab_size)
+    if recorded_dtype is not None:
+        if np.dtype(recorded_dtype).name != tokens.dtype.name:
+            raise TokenShardError(f"token shards were written as {recorded_dtype} but are read as {tokens.dtype.name}")
+        if np.dtype(recorded_dtype).itemsize != expected.itemsize:
+            raise TokenShardError(
+                f"token shards hold {recorded_dtype} ids but a vocabulary of {vocab_size} needs {expected.name}: "
+                "they were written with another tokenizer; re-tokenize"
+            )
+    if tokens.size:
+        highest = int(tokens.max())
+        if highest >= vocab_size:
+            raise TokenShardError(
+                f"token id {highest} is outside the tokenizer's vocabulary of {vocab_size}: "
+                "the shards were written with another tokenizer; re-tokenize"
+            )

@@ -1,0 +1,454 @@
+"""Synthetic rewriting: recipes and selection, prompt fitting, the post-filter, both backends with
+a real vLLM (one in-process engine and one OpenAI-compatible server per session, on the tiny
+locally built model), resume after an interrupted run, and bad inputs (missing model, endpoint
+down or failing, documents longer than the context, nothing selected)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from resources.common.schemas import DOCUMENTS, REMOVED, doc_id_of
+from resources.common.storage import Manifest, ShardStore
+from resources.common.versioning import OutputVersion
+from resources.llm.tiny_model import build_tiny_model
+from resources.rewrite.recipes import LIBRARY, Recipe, recipe_fingerprint, resolve_recipes, sample_point
+from resources.rewrite.rewriter import (
+    OUTPUT_SCHEMA,
+    REMOVED_OUTPUT_SCHEMA,
+    Backend,
+    EndpointError,
+    Generation,
+    GenerationRequest,
+    ModelPathError,
+    PostFilter,
+    PostFilterSettings,
+    PromptBuilder,
+    RewriteOutput,
+    Rewriter,
+    RewriteSettings,
+    inspect_model,
+    load_tokenizer,
+    rewrite_partition,
+)
+from resources.settings import PROJECT_ROOT
+from tests.vllm_fixtures import TINY_MAX_MODEL_LEN, free_port
+
+PARAGRAPHS = [
+    line.strip()
+    for line in (PROJECT_ROOT / "data/reference/wikitext2_reference.txt").read_text().splitlines()
+    if len(line.split()) > 40
+]
+PROVENANCE = ("url", "domain", "crawl", "crawl_batch", "warc_path", "warc_record_id", "fetch_time", "language")
+UPSTREAM, ASSET, PARTITION = "deduplicated_documents", "rewritten_documents", "CC-TEST-2024-01.batch-0"
+
+
+def source_frame(rows: int, start: int = 0, *, long_text_at: int | None = None) -> pl.DataFrame:
+    """Documents as the dedup stage writes them: text, provenance, language, quality_score."""
+    texts = [PARAGRAPHS[(start + i) % len(PARAGRAPHS)] for i in range(rows)]
+    if long_text_at is not None:
+        texts[long_text_at] = " ".join(PARAGRAPHS[:40])  # thousands of tokens: far beyond the context
+    indexes = range(start, start + rows)
+    return pl.DataFrame(
+        {
+            "doc_id": [doc_id_of(f"{i} {t}") for i, t in zip(indexes, texts, strict=True)],
+            "text": texts,
+            "url": [f"https://site{i % 3}.example.org/page/{i}" for i in indexes],
+            "domain": [f"site{i % 3}.example.org" for i in indexes],
+            "crawl": ["CC-TEST-2024-01"] * rows,
+            "crawl_batch": [PARTITION] * rows,
+            "warc_path": [f"crawl/CC-TEST-2024-01-{i // 10:05d}.warc.gz" for i in indexes],
+            "warc_record_id": [f"<urn:uuid:{hashlib.md5(str(i).encode()).hexdigest()}>" for i in indexes],
+            "fetch_time": [datetime(2024, 1, 1, 12, i % 60, tzinfo=UTC) for i in indexes],
+            "language": ["en" if i % 4 else "de" for i in indexes],
+            "quality_score": [((i * 37) % 100) / 100 for i in indexes],
+        },
+        schema_overrides={"fetch_time": pl.Datetime("us", "UTC"), "quality_score": pl.Float32},
+    )
+
+
+def settings_for(model: Path, **overrides: object) -> RewriteSettings:
+    """Short generations (the tiny model's text is noise anyway) and a small context, so that
+    the long test document must be cut."""
+    body: dict[str, object] = {
+        "model_path": str(model),
+        "max_model_len": TINY_MAX_MODEL_LEN,
+        "recipes": {
+            "encyclopedic": {"sampling": {"max_tokens": 24}},
+            "qa_pairs": {"sampling": {"max_tokens": 16}, "selection": {"languages": ["en"]}},
+        },
+        "post_filter": {"drop_truncated": False},
+        "endpoint": {"retries": 2, "backoff_s": 0.05, "timeout_s": 60},
+    }
+    return RewriteSettings.model_validate({**body, **overrides})
+
+
+class Counting:
+    """Wraps a backend: counts the prompts it is asked for, and can fail after some calls
+    (a run killed mid-partition)."""
+
+    def __init__(self, inner: Backend, fail_after_calls: int | None = None) -> None:
+        self.inner, self.fail_after_calls = inner, fail_after_calls
+        self.calls: list[int] = []
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        if self.fail_after_calls is not None and len(self.calls) >= self.fail_after_calls:
+            raise KeyboardInterrupt("killed")
+        self.calls.append(len(requests))
+        return self.inner.generate(requests)
+
+    def close(self) -> None:
+        """Borrowed: the session fixture closes the engine."""
+
+
+def upstream_store(tmp_path: Path, frames: list[pl.DataFrame]) -> ShardStore:
+    store = ShardStore(str(tmp_path / "store"))
+    files = [store.write_parquet_shard(UPSTREAM, PARTITION, i, frame) for i, frame in enumerate(frames)]
+    store.commit(Manifest(asset=UPSTREAM, partition=PARTITION, files=files))
+    return store
+
+
+def run_partition(store: ShardStore, rewriter: Rewriter) -> RewriteOutput:
+    return rewrite_partition(
+        store,
+        rewriter,
+        OutputVersion("t"),
+        asset=ASSET,
+        upstream=UPSTREAM,
+        partition=PARTITION,
+        run_id="r",
+    )
+
+
+def staged_notes(store: ShardStore) -> list[str]:
+    return sorted(p.rsplit("/", 1)[1] for p in store.fs.glob(store.path(ASSET, PARTITION, "_staged-*")))
+
+
+# --------------------------------------------------------------------------- the tiny model
+
+
+def test_tiny_model_is_small_deterministic_and_vllm_shaped(tiny_model: Path, tmp_path: Path) -> None:
+    again = build_tiny_model(tmp_path / "again")
+    for file in sorted(p for p in tiny_model.iterdir() if p.name != "tiny_model.json"):
+        assert file.read_bytes() == (again / file.name).read_bytes(), file.name
+    config = json.loads((tiny_model / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["hidden_size"] // config["num_attention_heads"] >= 64
+    assert sum(p.stat().st_size for p in tiny_model.iterdir()) < 4 << 20
+
+
+# --------------------------------------------------------------------------- recipes and selection
+
+
+def test_recipes_resolve_overrides_and_fingerprint_every_output_shaping_field() -> None:
+    (qa,) = resolve_recipes({"qa_pairs": {"sampling": {"temperature": 0.1}, "selection": {"languages": ["en"]}}})
+    assert qa.sampling.temperature == 0.1 and qa.sampling.max_tokens == LIBRARY["qa_pairs"].sampling.max_tokens
+    assert qa.template == LIBRARY["qa_pairs"].template and qa.selection.languages == ["en"]
+    base = recipe_fingerprint([LIBRARY["qa_pairs"]])
+    assert recipe_fingerprint([qa]) != base
+    assert recipe_fingerprint(resolve_recipes({"qa_pairs": {"version": "2"}})) != base
+    assert recipe_fingerprint(resolve_recipes({"qa_pairs": {}})) == base
+    custom = {"mine": {"version": "1", "template": "Summarize {text} in {{braces}}:\n"}}
+    assert resolve_recipes(custom)[0].render("X") == "Summarize X in {{braces}}:\n"
+    with pytest.raises(ValueError, match="exactly once"):
+        resolve_recipes({"mine": {"version": "1", "template": "no slot"}})
+    with pytest.raises(ValueError, match="library recipes: encyclopedic"):
+        resolve_recipes({"unknown": {}})
+
+
+def test_selection_by_quality_language_domain_crawl_and_sample_fraction() -> None:
+    frame = source_frame(400)
+
+    def select(**selection: object) -> pl.DataFrame:
+        recipe = Recipe(name="r", version="1", template="{text}", selection=selection)
+        return frame.filter(recipe.select(frame))
+
+    assert select().height == 400
+    middle = select(quality_range=(0.3, 0.6))["quality_score"]
+    assert middle.len() > 0 and middle.min() >= 0.3 and middle.max() < 0.6
+    assert select(quality_range=(0.99, 1.0))["quality_score"].min() >= 0.99
+    assert set(select(languages=["de"])["language"]) == {"de"}
+    assert set(select(domains=["site1.example.org"])["domain"]) == {"site1.example.org"}
+    assert select(domains=["example.org"]).height == 400  # subdomains match
+    assert select(crawls=["CC-OTHER"]).height == 0
+    sampled = select(sample_fraction=0.25)
+    assert 60 < sampled.height < 140
+    assert sampled.equals(select(sample_fraction=0.25))  # deterministic
+    assert all(sample_point("r", d) < 0.25 for d in sampled["doc_id"])
+    with pytest.raises(ValueError, match="quality_score"):
+        Recipe(name="r", version="1", template="{text}", selection={"quality_range": (0, 0.5)}).select(
+            frame.drop("quality_score")
+        )
+
+
+# --------------------------------------------------------------------------- prompts and post-filter
+
+
+def test_prompts_longer_than_the_context_are_cut_by_tokens(tiny_model: Path) -> None:
+    tokenizer = load_tokenizer(inspect_model(tiny_model))
+    builder = PromptBuilder(tokenizer, max_model_len=256)
+    recipe = LIBRARY["encyclopedic"].model_copy(update={"sampling": LIBRARY["encyclopedic"].sampling.model_copy(
+        update={"max_tokens": 64})})  # fmt: skip
+    short, long = builder.build(recipe, [PARAGRAPHS[0][:200], " ".join(PARAGRAPHS[:20])])
+    assert short.source_tokens_cut == 0 and len(short.token_ids) <= 192
+    assert long.source_tokens_cut > 1000 and len(long.token_ids) <= 192
+    prompt = tokenizer.decode(long.token_ids, skip_special_tokens=True)
+    assert prompt.endswith("Encyclopedia passage:\n") and PARAGRAPHS[0][:100] in prompt
+    capped = recipe.model_copy(update={"max_prompt_tokens": 100})
+    assert len(builder.build(capped, [" ".join(PARAGRAPHS[:5])])[0].token_ids) <= 100
+    with pytest.raises(ValueError, match=r"leaves .* tokens for the document"):
+        PromptBuilder(tokenizer, max_model_len=80).check(recipe)
+
+
+def test_post_filter_rules() -> None:
+    check = PostFilter(PostFilterSettings(min_chars=5))
+    fine = "The European lobster lives in the eastern Atlantic Ocean and in the Mediterranean Sea."
+    assert check(fine, "stop") is None
+    assert check("", "stop") == ("empty", "chars=0<5")
+    assert check(fine, "length") == ("truncated", "finish_reason=length")
+    assert check("As an AI language model, I cannot rewrite this.", "stop")[0] == "refusal"
+    assert check("I cannot stress enough how big it is. " + fine, "stop")[0] == "refusal"
+    rule, detail = check("the lobster is " * 40, "stop")
+    assert rule == "repetition" and ">" in detail
+    assert PostFilter(PostFilterSettings(drop_truncated=False))(fine, "length") is None
+
+
+# --------------------------------------------------------------------------- bad inputs before any work
+
+
+def test_missing_or_broken_model_path_fails_before_an_engine_starts(tiny_model: Path, tmp_path: Path) -> None:
+    started = time.monotonic()
+    with pytest.raises(ModelPathError, match="does not exist"):
+        Rewriter(settings_for(tmp_path / "nowhere"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ModelPathError, match="not a directory"):
+        Rewriter(settings_for(tmp_path / "file"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelPathError, match=r"no config\.json"):
+        Rewriter(settings_for(empty))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for file in tiny_model.iterdir():
+        (broken / file.name).write_bytes(file.read_bytes())
+    (broken / "config.json").write_text("{not json")
+    with pytest.raises(ModelPathError, match=r"cannot read .*config\.json"):
+        Rewriter(settings_for(broken))
+    (broken / "config.json").write_bytes((tiny_model / "config.json").read_bytes())
+    (broken / "tokenizer.json").unlink()
+    with pytest.raises(ModelPathError, match="no tokenizer"):
+        Rewriter(settings_for(broken))
+    (broken / "tokenizer.json").write_text("{}")
+    with pytest.raises(ModelPathError, match="cannot load the tokenizer"):
+        Rewriter(settings_for(broken))
+    with pytest.raises(ValueError, match="exceeds the model's 1024 positions"):
+        Rewriter(settings_for(tiny_model, max_model_len=4096))
+    assert time.monotonic() - started < 30  # no engine was started
+
+
+def test_endpoint_down_fails_after_bounded_retries(tiny_model: Path) -> None:
+    url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connection refused
+    started = time.monotonic()
+    with pytest.raises(EndpointError, match=r"no usable answer after 3 attempts; last error: .*refused"):
+        Rewriter(settings_for(tiny_model, backend="endpoint", endpoint={"url": url, "retries": 2, "backoff_s": 0.05}))
+    assert time.monotonic() - started < 10
+
+
+@pytest.fixture
+def failing_server() -> Iterator[tuple[str, list[str]]]:
+    """An HTTP server answering 500 to everything; yields its URL and the paths it was asked for."""
+    hits: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _fail(self) -> None:
+            hits.append(self.path)
+            self.send_response(500)
+            self.end_headers()
+            self.wfile.write(b'{"error": "boom"}')
+
+        do_GET = do_POST = _fail
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", hits
+    server.shutdown()
+
+
+def test_endpoint_http_500_fails_after_bounded_retries(tiny_model: Path, failing_server) -> None:
+    url, hits = failing_server
+    with pytest.raises(EndpointError, match=r"after 3 attempts; last error: HTTP 500: .*boom"):
+        Rewriter(settings_for(tiny_model, backend="endpoint", endpoint={"url": url, "retries": 2, "backoff_s": 0.05}))
+    assert hits == ["/v1/models"] * 3
+
+
+# --------------------------------------------------------------------------- real generation (vLLM)
+
+
+@pytest.mark.vllm
+def test_vllm_rewrites_with_complete_provenance(tiny_model: Path, vllm_backend) -> None:
+    frame = source_frame(12, long_text_at=3)
+    rewriter = Rewriter(settings_for(tiny_model), backend=vllm_backend)
+    result = rewriter.rewrite(frame)
+    kept, removed, stats = result.kept, result.removed, result.stats
+    english = frame.filter(pl.col("language") == "en").height
+    assert stats.selected == {"encyclopedic": 12, "qa_pairs": english}
+    assert stats.prompts == 12 + english == kept.height + removed.height
+    assert stats.prompts_cut == 1 + (frame["language"][3] == "en") and stats.source_tokens_cut > 1000
+    assert dict(kept.schema) == OUTPUT_SCHEMA and dict(removed.schema) == REMOVED_OUTPUT_SCHEMA
+    assert kept["doc_id"].to_list() == [doc_id_of(t) for t in kept["text"]]
+    assert kept["doc_id"].is_unique().all() and (kept["text"].str.len_chars() > 0).all()
+    assert set(kept["finish_reason"]) <= {"stop", "length"}
+    assert (kept["prompt_tokens"] <= TINY_MAX_MODEL_LEN - 16).all() and (kept["output_tokens"] <= 24).all()
+    assert set(kept.filter(pl.col("source_tokens_cut") > 0)["source_doc_id"]) <= {frame["doc_id"][3]}
+    # provenance: every column equal to the source document's
+    joined = kept.join(frame, left_on="source_doc_id", right_on="doc_id", suffix="_source")
+    assert joined.height == kept.height
+    for column in PROVENANCE:
+        assert joined[column].equals(joined[f"{column}_source"]), column
+        assert joined[column].null_count() == 0, column
+    row = kept.filter(pl.col("recipe") == "qa_pairs").row(0, named=True)
+    assert row["recipe_version"] == "1" and row["model"].startswith(tiny_model.name)
+    assert json.loads(row["sampling"]) == {"max_tokens": 16, "seed": 0, "stop": [], "temperature": 0.7, "top_p": 0.9}
+    # seeded per row: the same shard gives the same text
+    assert Rewriter(settings_for(tiny_model), backend=vllm_backend).rewrite(frame).kept.equals(kept)
+
+
+@pytest.mark.vllm
+def test_vllm_post_filter_reasons_and_empty_selection(tiny_model: Path, vllm_backend) -> None:
+    frame = source_frame(6)
+    strict = settings_for(tiny_model, post_filter={"drop_truncated": True})
+    result = Rewriter(strict, backend=vllm_backend).rewrite(frame)
+    truncated = result.removed.filter(pl.col("rule") == "truncated")
+    assert truncated.height == result.stats.finish_reasons["length"] > 0  # random weights rarely stop
+    assert truncated["stage"].unique().to_list() == ["rewrite"]
+    assert set(truncated["source_doc_id"]) <= set(frame["doc_id"]) and truncated["url"].null_count() == 0
+
+    nothing = settings_for(
+        tiny_model, recipes={"encyclopedic": {"sampling": {"max_tokens": 8}, "selection": {"crawls": ["CC-NONE"]}}}
+    )
+    empty = Rewriter(nothing, backend=vllm_backend).rewrite(frame)
+    assert empty.kept.height == 0 and empty.removed.height == 0 and dict(empty.kept.schema) == OUTPUT_SCHEMA
+    assert empty.stats.documents == 6 and empty.stats.selected == {"encyclopedic": 0} and empty.stats.prompts == 0
+
+
+@pytest.mark.vllm
+def test_partition_resumes_after_an_interrupted_run(tiny_model: Path, vllm_backend, tmp_path: Path) -> None:
+    frames = [source_frame(5, start=5 * i) for i in range(3)]
+    reference = run_partition(
+        upstream_store(tmp_path / "ref", frames), Rewriter(settings_for(tiny_model), vllm_backend)
+    )
+
+    store = upstream_store(tmp_path / "run", frames)
+    killed = Counting(vllm_backend, fail_after_calls=1)
+    with pytest.raises(KeyboardInterrupt):
+        run_partition(store, Rewriter(settings_for(tiny_model), backend=killed))
+    assert store.read_manifest(ASSET, PARTITION) is None  # nothing published
+    assert [n.split("-")[1] for n in staged_notes(store)] == ["00000"]
+
+    resumed = Counting(vllm_backend)
+    output = run_partition(store, Rewriter(settings_for(tiny_model), backend=resumed))
+    assert len(resumed.calls) == 2  # shards 1 and 2 only
+    assert output.stats.shards_reused == 1 and output.stats.shards_generated == 2
+    assert output.manifest.data_version == reference.manifest.data_version  # same bytes as an uninterrupted run
+    assert output.stats.prompts == reference.stats.prompts and output.rows_in == 15
+    assert staged_notes(store) == []  # the commit collected the notes
+
+    changed = Counting(vllm_backend)
+    settings = settings_for(tiny_model, recipes={"encyclopedic": {"version": "2", "sampling": {"max_tokens": 8}}})
+    run_partition(store, Rewriter(settings, backend=changed))
+    assert len(changed.calls) == 3  # another recipe version: nothing reused
+
+
+# --------------------------------------------------------------------------- real generation (vLLM server)
+
+
+@pytest.mark.vllm
+def test_endpoint_backend_against_a_vllm_server(tiny_model: Path, vllm_server: str) -> None:
+    frame = source_frame(10, long_text_at=0)
+    settings = settings_for(tiny_model, backend="endpoint", endpoint={"url": vllm_server, "concurrency": 4})
+    with Rewriter(settings) as rewriter:
+        result = rewriter.rewrite(frame)
+    assert result.kept.height + result.removed.height == result.stats.prompts > 10
+    assert result.stats.prompts_cut >= 1
+    assert dict(result.kept.schema) == OUTPUT_SCHEMA
+    assert (result.kept["output_tokens"] > 0).all() and (result.kept["prompt_tokens"] <= TINY_MAX_MODEL_LEN).all()
+
+
+@pytest.fixture
+def flaky_proxy(vllm_server: str) -> Iterator[tuple[str, dict[str, int]]]:
+    """Forwards to the vLLM server until `state["budget"]` completions were served, then answers
+    500: a server that dies mid-partition."""
+    state = {"budget": 0, "served": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self._forward(None)
+
+        def do_POST(self) -> None:
+            with lock:
+                allowed = state["served"] < state["budget"]
+                state["served"] += allowed
+            if not allowed:
+                self.send_response(500)
+                self.end_headers()
+                return
+            self._forward(self.rfile.read(int(self.headers["Content-Length"])))
+
+        def _forward(self, body: bytes | None) -> None:
+            target = vllm_server.removesuffix("/v1") + self.path
+            request = urllib.request.Request(target, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=60) as response:
+                payload = response.read()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", state
+    server.shutdown()
+
+
+@pytest.mark.vllm
+def test_endpoint_failing_mid_partition_keeps_finished_shards(
+    tiny_model: Path, vllm_server: str, flaky_proxy, tmp_path: Path
+) -> None:
+    proxy_url, state = flaky_proxy
+    frames = [source_frame(4, start=4 * i) for i in range(3)]
+    store = upstream_store(tmp_path, frames)
+    settings = settings_for(
+        tiny_model, backend="endpoint", endpoint={"url": proxy_url, "retries": 1, "backoff_s": 0.05}
+    )
+    with Rewriter(settings) as rewriter:
+        state["budget"] = sum(recipe.select(frames[0]).sum() for recipe in rewriter.recipes)  # shard 0's prompts
+        with pytest.raises(EndpointError, match="HTTP 500"):
+            run_partition(store, rewriter)
+    assert [n.split("-")[1] for n in staged_notes(store)] == ["00000"]
+    assert store.read_manifest(ASSET, PARTITION) is None
+
+    direct = settings_for(tiny_model, backend="endpoint", endpoint={"url": vllm_server})
+    with Rewriter(direct) as rewriter:
+        output = run_partition(store, rewriter)
+    assert output.stats.shards_reused == 1 and output.stats.shards_generated == 2
+    kept = pl.concat(store.iter_frames(output.manifest))
+    assert set(kept["source_doc_id"]) <= set(pl.concat(frames)["doc_id"])
+    assert kept.height + output.manifest.rows_of(REMOVED) == output.stats.prompts
+    assert output.manifest.rows_of(DOCUMENTS) == kept.height
