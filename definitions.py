@@ -9,9 +9,9 @@ from assets.evaluate import build_evaluation, model_comparison
 from assets.filter import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report, report
-from assets.rewrite import SYNTHETIC, build_synthetic_documents, build_training_mixture
+from assets.rewrite import SYNTHETIC, build_synthetic_documents
 from assets.tokenize import TOKEN_SHARDS, build_token_shards, build_tokenizer
-from assets.train import build_checkpoint
+from assets.train import build_checkpoint, build_training_mixture
 from jobs.ingest import ingest_job
 from jobs.sensors import build_crawl_sensor
 from resources.resources import CatalogResource, StorageResource

@@ -173,4 +173,3 @@ def corpus_model(
         manifest = version.manifest(asset, None, context.run_id, inputs=inputs, stats=stats)
         manifest = publish(store, asset, path, manifest)
     return materialized(store, manifest, manifest.stats)
-

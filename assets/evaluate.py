@@ -8,7 +8,6 @@ import polars as pl
 
 from assets.commit import commit
 from assets.dedup import DEDUPED
-from assets.rewrite import TRAINING_MIXTURE, read_mixture
 from assets.tokenize import TOKEN_SHARDS
 from assets.train import CHECKPOINT
 from resources.common.storage import UNPARTITIONED, Manifest, ShardStore, stable_hash
@@ -32,6 +31,7 @@ from resources.evaluate.scoring import (
 )
 from resources.resources import CatalogResource, StorageResource
 from resources.train.checkpoints import read_manifest
+from resources.train.mixture import TRAINING_MIXTURE, read_mixture
 
 EVALUATION = "evaluation"
 MODEL_COMPARISON = "model_comparison"

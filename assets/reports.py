@@ -7,7 +7,6 @@ import polars as pl
 
 from assets.evaluate import MODEL_COMPARISON, RESULTS, SAMPLES, read_history
 from assets.ingest import RAW_DOCUMENTS
-from assets.rewrite import TRAINING_MIXTURE, read_mixture
 from assets.train import CHECKPOINT
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
@@ -24,6 +23,7 @@ from resources.evaluate.report import (
 )
 from resources.resources import CatalogResource, StorageResource
 from resources.train.checkpoints import MANIFEST_FILE
+from resources.train.mixture import TRAINING_MIXTURE, read_mixture
 
 _SUMMARY_SQL = """
 SELECT crawl, crawl_batch, count(*) AS documents, count(DISTINCT domain) AS domains,

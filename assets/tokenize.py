@@ -78,8 +78,6 @@ def build_token_shards(
         inputs = {f"{upstream}[{key}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version}
         manifest = commit(context, store, version, result.files, inputs=inputs, stats=result.stats)
         catalog.catalog().record_materialization(manifest)
-        return materialized(
-            store, manifest, {**result.stats, "tokens_per_second": round(result.tokens_per_second)}
-        )
+        return materialized(store, manifest, {**result.stats, "tokens_per_second": round(result.tokens_per_second)})
 
     return token_shards

@@ -6,8 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.commit import commit
-from assets.rewrite import TRAINING_MIXTURE, read_mixture
+from assets.commit import commit, materialized
 from assets.tokenize import TOKENIZER
 from resources.common.model_store import MODEL, fetch_model
 from resources.common.partition_stage import upstream_manifest
@@ -18,6 +17,14 @@ from resources.settings import TrainingSettings
 from resources.tokenize.shards import TOKEN_INDEX, TOKENS
 from resources.tokenize.tokenizer import load_tokenizer
 from resources.train.data import TokenFile, TokenSource, with_replay
+from resources.train.mixture import (
+    TRAINING_MIXTURE,
+    MixtureSettings,
+    mixture_sources,
+    read_mixture,
+    weigh,
+    write_mixture,
+)
 from resources.train.trainer import TrainConfig, train
 
 CHECKPOINT = "checkpoint"
@@ -147,3 +154,32 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
         )
 
     return checkpoint
+
+
+def build_training_mixture(settings: MixtureSettings, token_assets: dict[str, str]) -> dg.AssetsDefinition:
+    version = OutputVersion("1", settings.output_shaping(token_assets))
+
+    @dg.asset(
+        name=TRAINING_MIXTURE,
+        deps=list(token_assets.values()),
+        code_version=version.code_version,
+        group_name="train",
+        kinds={"json"},
+        description="Natural and synthetic token shards combined by configured weights; records how "
+        "much each source is up- or down-sampled and names every input partition and data version.",
+    )
+    def training_mixture(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
+        store = storage.store()
+        sources = weigh(mixture_sources(store, token_assets), settings.weights)
+        files, inputs = write_mixture(store, sources)
+        manifest = commit(context, store, version, files, inputs=inputs)
+        return materialized(
+            store,
+            manifest,
+            {
+                name: dg.MetadataValue.json({k: v for k, v in s.items() if k != "partitions"})
+                for name, s in sources.items()
+            },
+        )
+
+    return training_mixture

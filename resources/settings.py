@@ -25,6 +25,7 @@ from resources.ingest.sources import SourceSettings
 from resources.rewrite.rewriter import RewriteSettings
 from resources.tokenize.shards import TokenShardSettings
 from resources.tokenize.tokenizer import TokenizerSettings
+from resources.train.mixture import MixtureSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
@@ -95,13 +96,6 @@ class TrainingSettings(_Section):
     )
     continue_training: bool = Field(default=False, description="start from the previous generation's weights")
     replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="with continue_training: share of old data")
-
-
-class MixtureSettings(_Section):
-    weights: dict[str, float] = Field(
-        default_factory=lambda: {"crawl": 1.0, "synthetic": 0.3},
-        description="sampling weight per source (crawl, synthetic); normalised over the sources with tokens",
-    )
 
 
 class Settings(_Section):

@@ -1,0 +1,69 @@
+"""The training mixture: natural and synthetic token shards combined by configured weights, with how
+much each source is up- or down-sampled and every input partition's data version."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from resources.common.storage import ShardInfo, ShardStore, sha256_bytes
+
+TRAINING_MIXTURE = "training_mixture"
+MIXTURE_FILE = "mixture.json"
+
+
+class MixtureSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    weights: dict[str, float] = Field(
+        default_factory=lambda: {"crawl": 1.0, "synthetic": 0.3},
+        description="sampling weight per source (crawl, synthetic); normalised over the sources with tokens",
+    )
+
+    def output_shaping(self, token_assets: dict[str, str]) -> dict[str, object]:
+        return {"weights": self.weights, "sources": token_assets}
+
+
+def mixture_sources(store: ShardStore, assets: dict[str, str]) -> dict[str, dict]:
+    """Per source: its token-shard partitions with data versions and train tokens."""
+    sources = {}
+    for source, asset in assets.items():
+        partitions = {m.partition: m for m in store.iter_manifests(asset)}
+        sources[source] = {
+            "asset": asset,
+            "partitions": {key: m.data_version for key, m in sorted(partitions.items())},
+            "train_tokens": sum(m.stats["tokens"] - m.stats["validation_tokens"] for m in partitions.values()),
+        }
+    return sources
+
+
+def weigh(sources: dict[str, dict], weights: dict[str, float]) -> dict[str, dict]:
+    """Each source's share of the mixture (its weight over the weights of the sources with tokens) and
+    its sampling factor (share of the mixture / share of the tokens: > 1 is upsampling)."""
+    present = {name: weights.get(name, 0.0) for name in sources if sources[name]["train_tokens"]}
+    total_weight, total_tokens = sum(present.values()), sum(s["train_tokens"] for s in sources.values())
+    if not total_weight:
+        raise ValueError(f"training_mixture: no source with tokens has a positive weight ({weights})")
+    for name, source in sources.items():
+        share = present.get(name, 0.0) / total_weight
+        tokens = source["train_tokens"]
+        source.update(weight=share, sampling_factor=round(share / (tokens / total_tokens), 4) if tokens else 0.0)
+    return sources
+
+
+def write_mixture(store: ShardStore, sources: dict[str, dict]) -> tuple[list[ShardInfo], dict[str, str]]:
+    """The mixture file, and the data version of every input partition (the manifest's inputs)."""
+    body = json.dumps(sources, indent=2, sort_keys=True).encode()
+    store.write_bytes(posixpath.join(store.partition_dir(TRAINING_MIXTURE, None), MIXTURE_FILE), body)
+    inputs = {f"{s['asset']}[{key}]": dv for s in sources.values() for key, dv in s["partitions"].items()}
+    return [ShardInfo(MIXTURE_FILE, 0, len(body), sha256_bytes(body), "mixture")], inputs
+
+
+def read_mixture(store: ShardStore) -> tuple[dict[str, dict], str]:
+    manifest = store.read_manifest(TRAINING_MIXTURE, None)
+    if manifest is None:
+        raise FileNotFoundError(f"{TRAINING_MIXTURE} is not materialized: materialize it first")
+    path = posixpath.join(store.partition_dir(TRAINING_MIXTURE, None), MIXTURE_FILE)
+    return json.loads(store.read_bytes(path)), manifest.data_version
