@@ -9,15 +9,15 @@ from resources.common.partition_stage import StageOutput, upstream_manifest
 from resources.common.versioning import OutputVersion
 from resources.dedup.engine import NearDedup
 from resources.dedup.index import INDEX, EarlierBatchNotDeduplicated, earlier_segments
+from resources.dedup.settings import DedupStageSettings
 from resources.resources import CatalogResource, StorageResource
-from resources.settings import DedupStageSettings
 
 DEDUPED = "deduplicated_documents"
 DEDUP_LOGIC = "1"
 
 
 def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefinition:
-    version = OutputVersion(DEDUP_LOGIC, settings.near.output_shaping())
+    version = OutputVersion(DEDUP_LOGIC, settings.output_shaping())
 
     @dg.asset(
         name=DEDUPED,

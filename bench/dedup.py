@@ -64,8 +64,10 @@ import polars as pl  # noqa: E402
 
 from resources.common.schemas import doc_id_of  # noqa: E402
 from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
-from resources.dedup.engine import DedupSettings, IndexSegment, NearDedup  # noqa: E402
+from resources.dedup.engine import NearDedup  # noqa: E402
+from resources.dedup.index import IndexSegment  # noqa: E402
 from resources.dedup.minhash import normalize, shingle_hashes  # noqa: E402
+from resources.dedup.settings import DedupSettings  # noqa: E402
 from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
 

@@ -14,7 +14,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from resources.dedup.engine import DedupSettings
+from resources.dedup.settings import DedupStageSettings
 from resources.evaluate.scoring import EvaluationSettings
 from resources.filter.decontamination import DecontaminationSettings
 from resources.filter.heuristics import HeuristicSettings
@@ -65,14 +65,6 @@ class QualityStageSettings(_Section):
         default=False, description="off: trained once; new crawl batches are scored by the same model"
     )
     keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
-
-
-class DedupStageSettings(_Section):
-    near: DedupSettings = Field(default_factory=DedupSettings)
-    keep_rate_bounds: tuple[float, float] = (0.3, 1.0)
-    # A batch waits (retried) while a batch registered before it is still being deduplicated.
-    wait_retries: int = Field(default=20, ge=0)
-    wait_seconds: float = Field(default=30.0, ge=0)
 
 
 class TrainingSettings(_Section):

@@ -31,20 +31,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
-from itertools import chain, islice
-from multiprocessing import get_context
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resources.common.schemas import removed_rows
-from resources.dedup.minhash import Sketches, SketchSpec, similarity, sketch
+from resources.dedup.index import IndexSegment, band_column, segment_schema
+from resources.dedup.minhash import Sketches, similarity, sketch
+from resources.dedup.settings import DedupSettings
+from resources.dedup.sketcher import Sketcher
 
 STAGE = "dedup"
 EXACT = "dedup_exact"
@@ -55,85 +53,6 @@ DECISION_SCHEMA: dict[str, pl.DataType] = {
     "duplicate_of": pl.String(),
     "similarity": pl.Float64(),  # to duplicate_of: 1.0 for exact duplicates
 }
-
-# FineWeb's settings (5-grams, 14 bands x 8 rows, any shared bucket is a duplicate) and ours,
-# tuned on bench/dedup.py: 3-grams keep more shingles of a lightly edited copy (a 10% edit leaves
-# Jaccard ~0.7 instead of ~0.6), 32 bands x 4 rows propose nearly every pair above 0.6, and the
-# verification threshold drops the chance collisions small bands let through.
-PRESETS: dict[str, dict[str, Any]] = {
-    "fineweb": {"ngram": 5, "bands": 14, "rows": 8, "min_similarity": 0.0},
-    "high_recall": {"ngram": 3, "bands": 32, "rows": 4, "min_similarity": 0.5},
-}
-
-
-class DedupSettings(BaseModel):
-    """A preset, with any of its fields overridden (`DedupSettings(preset="fineweb", ngram=4)`)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: Literal["fineweb", "high_recall"] = "high_recall"
-    ngram: int = Field(ge=1, le=64, description="words per shingle")
-    bands: int = Field(ge=1, description="LSH bands; more bands, lower similarity proposed")
-    rows: int = Field(ge=1, description="signature values per band; more rows, fewer chance candidates")
-    min_similarity: float = Field(ge=0, le=1, description="estimated Jaccard a candidate needs; 0 = any candidate")
-    seed: int = Field(default=1, ge=0)
-    max_bucket_candidates: int = Field(
-        default=100, ge=1, description="per band bucket, compare with at most this many earliest members"
-    )
-    workers: int = Field(default=0, ge=0, description="processes computing signatures, this one included; 0 = cores")
-    batch_bytes: int = Field(default=2 << 20, ge=1 << 10, description="text per signature batch")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _fill_from_preset(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            preset = data.get("preset", "high_recall")
-            return {**PRESETS.get(preset, {}), **data}
-        return data
-
-    @property
-    def spec(self) -> SketchSpec:
-        return SketchSpec(ngram=self.ngram, bands=self.bands, rows=self.rows, seed=self.seed)
-
-    def output_shaping(self) -> dict[str, object]:
-        """The settings whose change alters which documents are removed (not how fast)."""
-        return self.model_dump(exclude={"workers", "batch_bytes"})
-
-
-def segment_schema(spec: SketchSpec) -> dict[str, pl.DataType]:
-    """One row per kept document. `seq` is its rank among the partition's kept documents, so
-    "first seen" survives any split into shards; `sketch` names the signature scheme, so a
-    segment built under other settings is refused rather than silently never matching. Documents
-    without a word have a null signature and null band keys: they only match exactly."""
-    return {
-        "doc_id": pl.String(),
-        "seq": pl.UInt32(),
-        "sketch": pl.String(),
-        "signature": pl.Array(pl.UInt32(), spec.num_perm),
-        **{_band(b): pl.UInt64() for b in range(spec.bands)},
-    }
-
-
-@dataclass(frozen=True)
-class IndexSegment:
-    """The documents one partition kept, as later partitions are checked against them.
-
-    Hold an eager frame (tests, small partitions) or a lazy scan of the segment's Parquet
-    shards (`pl.scan_parquet(paths)`), whose filters then run inside the reader."""
-
-    frame: pl.LazyFrame
-
-    @classmethod
-    def from_frame(cls, frame: pl.DataFrame | pl.LazyFrame) -> IndexSegment:
-        lazy = frame.lazy()
-        columns = lazy.collect_schema()
-        missing = {"doc_id", "seq", "sketch", "signature"} - set(columns)
-        if missing:
-            raise ValueError(f"not a dedup index segment: missing columns {sorted(missing)}")
-        return cls(lazy)
-
-    def to_frame(self) -> pl.DataFrame:
-        return self.frame.collect()
 
 
 @dataclass
@@ -182,7 +101,7 @@ class NearDedup:
     def __init__(self, settings: DedupSettings | None = None) -> None:
         self.settings = settings or DedupSettings()
         self.spec = self.settings.spec
-        self._sketcher = _Sketcher(self.spec, self.settings.workers or os.cpu_count() or 1)
+        self._sketcher = Sketcher(self.spec, self.settings.workers or os.cpu_count() or 1)
 
     def __enter__(self) -> NearDedup:
         return self
@@ -292,7 +211,7 @@ class NearDedup:
         keys = sketches.band_keys[rows[sketches.has_shingles[rows]]]
         wanted = pl.col("doc_id").is_in(ids.gather(rows).implode())
         for b in range(self.spec.bands):
-            wanted |= pl.col(_band(b)).is_in(pl.Series(keys[:, b]).implode())
+            wanted |= pl.col(band_column(b)).is_in(pl.Series(keys[:, b]).implode())
         hits = (
             pl.concat(
                 [s.frame.filter(wanted).with_columns(segment=pl.lit(k, pl.UInt32)) for k, s in enumerate(segments)]
@@ -306,7 +225,7 @@ class NearDedup:
         near_rows = rows[sketches.has_shingles[rows] & decisions.kept[rows]]
         hits = hits.filter(pl.col("signature").is_not_null())
         if len(near_rows) and hits.height:
-            theirs = hits.select(_band(b) for b in range(self.spec.bands)).to_numpy()
+            theirs = hits.select(band_column(b) for b in range(self.spec.bands)).to_numpy()
             row, hit = _shared_buckets(sketches.band_keys[near_rows], theirs, self.settings.max_bucket_candidates)
             row = near_rows[row]
             sims = similarity(sketches.signatures[row], hits.get_column("signature").to_numpy()[hit])
@@ -354,9 +273,9 @@ class NearDedup:
             "sketch": pl.repeat(self.spec.sketch_id, len(rows), dtype=pl.String, eager=True),
             "signature": pl.Series(sketches.signatures[rows]),
         }
-        columns.update({_band(b): sketches.band_keys[rows, b] for b in range(self.spec.bands)})
+        columns.update({band_column(b): sketches.band_keys[rows, b] for b in range(self.spec.bands)})
         frame = pl.DataFrame(columns)
-        nullable = ["signature", *(_band(b) for b in range(self.spec.bands))]
+        nullable = ["signature", *(band_column(b) for b in range(self.spec.bands))]
         return frame.with_columns(pl.when(has).then(pl.col(c)).alias(c) for c in nullable).cast(
             segment_schema(self.spec)
         )
@@ -377,57 +296,6 @@ class _Decisions:
         self.rule[rows] = rule
         self.duplicate_of[rows] = duplicate_of
         self.similarity[rows] = similarity
-
-
-class _Sketcher:
-    """Signatures batch by batch, in order. This process is one of the `workers`: it sketches
-    batches itself while the helpers (spawned processes, `workers - 1` of them) start (~0.5 s of
-    imports and a warm-up batch) and whenever each already has a batch, so it never waits idle
-    for them. Helpers start with the first partition of more than one batch and live until
-    `close()`; a dead helper raises BrokenProcessPool instead of hanging."""
-
-    def __init__(self, spec: SketchSpec, workers: int) -> None:
-        self.spec, self.workers = spec, workers
-        self._pool: ProcessPoolExecutor | None = None
-        self._ready: Future[Sketches] | None = None
-
-    def map(self, batches: Iterator[pl.Series]) -> Iterator[Sketches]:
-        head = list(islice(batches, 2))
-        if self.workers <= 1 or len(head) < 2:
-            yield from (sketch(batch, self.spec) for batch in chain(head, batches))
-            return
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(self.workers - 1, mp_context=get_context("spawn"), initializer=_one_thread)
-            self._ready = self._pool.submit(sketch, pl.Series(["a warm-up batch"]), self.spec)
-        queue: deque[Future[Sketches] | Sketches] = deque()
-        for batch in chain(head, batches):
-            busy = sum(isinstance(item, Future) and not item.done() for item in queue)
-            if self._ready is not None and self._ready.done() and busy < self.workers - 1:
-                queue.append(self._pool.submit(sketch, batch, self.spec))
-            else:
-                queue.append(sketch(batch, self.spec))
-            while queue and not (isinstance(queue[0], Future) and not queue[0].done()):
-                yield _result(queue.popleft())
-        while queue:
-            yield _result(queue.popleft())
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)  # idle helpers exit on their own
-            self._pool = self._ready = None
-
-
-def _result(item: Future[Sketches] | Sketches) -> Sketches:
-    return item.result() if isinstance(item, Future) else item
-
-
-def _one_thread() -> None:
-    """Each worker is one of `workers` processes: keep rensa's thread pool from oversubscribing."""
-    os.environ["RAYON_NUM_THREADS"] = "1"
-
-
-def _band(index: int) -> str:
-    return f"band_{index:03d}"
 
 
 def _earlier_in_bucket(keys: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:

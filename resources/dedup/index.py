@@ -3,10 +3,54 @@ the batch's deduplicated documents, read by every later batch (first seen wins).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import polars as pl
+
 from resources.common.storage import ShardStore
-from resources.dedup.engine import IndexSegment
+from resources.dedup.minhash import SketchSpec
 
 INDEX = "index"  # the table of a deduplicated partition that holds its segment
+
+
+def band_column(index: int) -> str:
+    return f"band_{index:03d}"
+
+
+def segment_schema(spec: SketchSpec) -> dict[str, pl.DataType]:
+    """One row per kept document. `seq` is its rank among the partition's kept documents, so
+    "first seen" survives any split into shards; `sketch` names the signature scheme, so a
+    segment built under other settings is refused rather than silently never matching. Documents
+    without a word have a null signature and null band keys: they only match exactly."""
+    return {
+        "doc_id": pl.String(),
+        "seq": pl.UInt32(),
+        "sketch": pl.String(),
+        "signature": pl.Array(pl.UInt32(), spec.num_perm),
+        **{band_column(b): pl.UInt64() for b in range(spec.bands)},
+    }
+
+
+@dataclass(frozen=True)
+class IndexSegment:
+    """The documents one partition kept, as later partitions are checked against them.
+
+    Hold an eager frame (tests, small partitions) or a lazy scan of the segment's Parquet
+    shards (`pl.scan_parquet(paths)`), whose filters then run inside the reader."""
+
+    frame: pl.LazyFrame
+
+    @classmethod
+    def from_frame(cls, frame: pl.DataFrame | pl.LazyFrame) -> IndexSegment:
+        lazy = frame.lazy()
+        columns = lazy.collect_schema()
+        missing = {"doc_id", "seq", "sketch", "signature"} - set(columns)
+        if missing:
+            raise ValueError(f"not a dedup index segment: missing columns {sorted(missing)}")
+        return cls(lazy)
+
+    def to_frame(self) -> pl.DataFrame:
+        return self.frame.collect()
 
 
 class EarlierBatchNotDeduplicated(RuntimeError):

@@ -18,8 +18,10 @@ from pydantic import ValidationError
 
 from resources.common.schemas import REMOVED_SCHEMA, doc_id_of
 from resources.common.storage import ShardStore
-from resources.dedup.engine import EXACT, NEAR, DedupResult, DedupSettings, IndexSegment, NearDedup
+from resources.dedup.engine import EXACT, NEAR, DedupResult, NearDedup
+from resources.dedup.index import IndexSegment
 from resources.dedup.minhash import normalize, shingle_hashes
+from resources.dedup.settings import DedupSettings
 
 _LETTERS = "abcdefghijklmnopqrstuvwxyz"
 
