@@ -1,4 +1,5 @@
-"""What a generated output must pass to be kept, and why it was not."""
+"""What a generated output must pass to be kept. Each rule has a stable `rewrite_<rule>` key (the
+`rule` column of removed rows, and a metadata key) with the measured value in `detail`."""
 
 from __future__ import annotations
 
@@ -8,11 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from resources.filter.heuristics import DocView, GopherRepetition, GopherRepetitionSettings
 
-TOO_SHORT = "empty"
-TRUNCATED = "truncated"
-REFUSAL = "refusal"
-REPETITION = "repetition"
-DUPLICATE_OUTPUT = "duplicate_output"  # judged across a shard's outputs, by the rewriter
+TOO_SHORT = "rewrite_too_short"
+TRUNCATED = "rewrite_truncated"
+REFUSAL = "rewrite_refusal"
+REPETITION = "rewrite_gopher_repetition"
+DUPLICATE_OUTPUT = "rewrite_duplicate_output"  # judged across a shard's outputs, by the rewriter
 
 
 class PostFilterSettings(BaseModel):
@@ -49,7 +50,7 @@ class PostFilterSettings(BaseModel):
 
 
 class PostFilter:
-    """`(text, finish_reason) -> None` (keep) or `(rule, detail)`. Rules, in order: empty,
+    """`(text, finish_reason) -> None` (keep) or `(rule, detail)`. Rules, in order: too short,
     truncated, refusal, repetition (Gopher's rules, the usual failure of sampling loops)."""
 
     def __init__(self, settings: PostFilterSettings) -> None:

@@ -35,7 +35,7 @@ from resources.rewrite.prompts import Prompt, PromptBuilder
 from resources.rewrite.recipes import Recipe, recipe_fingerprint, resolve_recipes, row_seed
 
 STAGE = "rewrite"
-LOGIC_VERSION = "1"  # bump when this package changes what it writes for the same settings
+LOGIC_VERSION = "2"  # bump when this package changes what it writes for the same settings (2: rewrite_* keys)
 
 SOURCE_COLUMNS = ("doc_id", "text", "url", "crawl", "crawl_batch", "warc_path", "warc_record_id", "fetch_time")
 OPTIONAL_SOURCE_COLUMNS = ("domain", "language")  # copied when the source has them, null otherwise
@@ -251,7 +251,7 @@ class Rewriter:
     ) -> ShardResult:
         """Output rows (generation columns + the source's provenance), split by the post-filter.
         Within a shard an output identical to an earlier kept one is dropped as
-        `duplicate_output`, so doc_id stays unique."""
+        `rewrite_duplicate_output`, so doc_id stays unique."""
         texts = [g.text.strip() for g in generations]
         doc_ids = [doc_id_of(text) for text in texts]
         verdicts = [self.post_filter(text, g.finish_reason) for text, g in zip(texts, generations, strict=True)]

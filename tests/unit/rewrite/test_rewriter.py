@@ -203,12 +203,12 @@ def test_post_filter_rules() -> None:
     check = PostFilter(PostFilterSettings(min_chars=5))
     fine = "The European lobster lives in the eastern Atlantic Ocean and in the Mediterranean Sea."
     assert check(fine, "stop") is None
-    assert check("", "stop") == ("empty", "chars=0<5")
-    assert check(fine, "length") == ("truncated", "finish_reason=length")
-    assert check("As an AI language model, I cannot rewrite this.", "stop")[0] == "refusal"
-    assert check("I cannot stress enough how big it is. " + fine, "stop")[0] == "refusal"
+    assert check("", "stop") == ("rewrite_too_short", "chars=0<5")
+    assert check(fine, "length") == ("rewrite_truncated", "finish_reason=length")
+    assert check("As an AI language model, I cannot rewrite this.", "stop")[0] == "rewrite_refusal"
+    assert check("I cannot stress enough how big it is. " + fine, "stop")[0] == "rewrite_refusal"
     rule, detail = check("the lobster is " * 40, "stop")
-    assert rule == "repetition" and ">" in detail
+    assert rule == "rewrite_gopher_repetition" and ">" in detail
     assert PostFilter(PostFilterSettings(drop_truncated=False))(fine, "length") is None
 
 
@@ -234,8 +234,8 @@ def test_duplicate_outputs_are_removed_and_catalog_rows_cover_reused_shards(tiny
     output = run_partition(store, Rewriter(settings_for(tiny_model), backend=Scripted()))
     assert output.stats.shards_reused == 1 and output.stats.shards_generated == 2
     removed = pl.concat(store.iter_frames(output.manifest, table=REMOVED))
-    assert set(removed["rule"]) == {"duplicate_output"} and removed["duplicate_of"].equals(removed["doc_id"])
-    assert output.removed_by_rule == {"duplicate_output": removed.height} and removed.height > 0
+    assert set(removed["rule"]) == {"rewrite_duplicate_output"} and removed["duplicate_of"].equals(removed["doc_id"])
+    assert output.removed_by_rule == {"rewrite_duplicate_output": removed.height} and removed.height > 0
     # the catalog's rows, reused shard included, are what the committed shards hold
     assert output.documents.equals(pl.concat(store.iter_frames(output.manifest, PROVENANCE_COLUMNS)))
     assert output.removed.equals(pl.concat(store.iter_frames(output.manifest, REMOVED_COLUMNS, REMOVED)))
@@ -349,7 +349,7 @@ def test_vllm_post_filter_reasons_and_empty_selection(tiny_model: Path, vllm_bac
     frame = source_frame(6)
     strict = settings_for(tiny_model, post_filter={"drop_truncated": True})
     result = Rewriter(strict, backend=vllm_backend).rewrite(frame)
-    truncated = result.removed.filter(pl.col("rule") == "truncated")
+    truncated = result.removed.filter(pl.col("rule") == "rewrite_truncated")
     assert truncated.height == result.stats.finish_reasons["length"] > 0  # random weights rarely stop
     assert truncated["stage"].unique().to_list() == ["rewrite"]
     assert set(truncated["source_doc_id"]) <= set(frame["doc_id"]) and truncated["url"].null_count() == 0
