@@ -7,7 +7,9 @@ from assets.dedup import DEDUPED
 from assets.partitions import crawl_batches
 from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, StorageResource
-from resources.rewrite.rewriter import LOGIC_VERSION, Rewriter, RewriteSettings, rewrite_partition
+from resources.rewrite.post_filter import DUPLICATE_OUTPUT
+from resources.rewrite.resume import rewrite_partition
+from resources.rewrite.rewriter import LOGIC_VERSION, Rewriter, RewriteSettings
 
 SYNTHETIC = "synthetic_documents"
 
@@ -49,7 +51,7 @@ def build_synthetic_documents(settings: RewriteSettings) -> dg.AssetsDefinition:
             output,
             (0.0, float(len(settings.recipes)) + 1.0),
             {"output_tokens": output.stats.output_tokens, "model": rewriter.model_name},
-            overlap_exempt={"duplicate_output"},
+            overlap_exempt={DUPLICATE_OUTPUT},
         )
 
     return synthetic_documents

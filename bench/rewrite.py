@@ -40,9 +40,11 @@ sys.path[0] = str(ROOT)
 import polars as pl  # noqa: E402
 
 from resources.common.schemas import doc_id_of  # noqa: E402
+from resources.llm.model import inspect_model  # noqa: E402
 from resources.llm.tiny_model import build_tiny_model  # noqa: E402
+from resources.llm.vllm_backend import VLLMBackend  # noqa: E402
 from resources.rewrite.recipes import row_seed  # noqa: E402
-from resources.rewrite.rewriter import Rewriter, RewriteSettings, VLLMBackend, inspect_model  # noqa: E402
+from resources.rewrite.rewriter import Rewriter, RewriteSettings  # noqa: E402
 
 REFERENCE_TEXT = ROOT / "data" / "reference" / "wikitext2_reference.txt"
 

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from resources.llm.model import inspect_model
 from resources.llm.tiny_model import build_tiny_model
-from resources.rewrite.rewriter import RewriteSettings, VLLMBackend, inspect_model
+from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
 
 TINY_MAX_MODEL_LEN = 512
 SERVER_START_TIMEOUT_S = 300
@@ -41,8 +42,8 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def vllm_backend(tiny_model: Path) -> Iterator[VLLMBackend]:
     """The in-process engine every vLLM test borrows; shut down explicitly at the end."""
-    settings = RewriteSettings(model_path=str(tiny_model), vllm={"gpu_memory_utilization": _MEMORY_SHARE})
-    backend = VLLMBackend.start(inspect_model(tiny_model), settings.vllm, TINY_MAX_MODEL_LEN)
+    settings = VLLMSettings(gpu_memory_utilization=_MEMORY_SHARE)
+    backend = VLLMBackend.start(inspect_model(tiny_model), settings, TINY_MAX_MODEL_LEN)
     try:
         yield backend
     finally:

@@ -34,7 +34,9 @@ from resources.common.storage import ShardStore
 from resources.evaluate.errors import CheckpointLoadError, EvalSetError, EvaluationError
 from resources.evaluate.lm_eval_tasks import LmEvalSettings
 from resources.filter.quality_classifier import TextSourceError, load_text, split_documents
-from resources.rewrite.rewriter import VLLMSettings
+from resources.llm.backend import GenerationRequest, Sampling
+from resources.llm.model import inspect_model
+from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
 from resources.tokenize.shards import TRAIN, VALIDATION, read_token_shards, split_of
 from resources.tokenize.tokenizer import TokenizerError, TrainedTokenizer, load_tokenizer
 from resources.train.checkpoints import MANIFEST_FILE, CheckpointError, read_manifest, resolve_checkpoint
@@ -363,9 +365,6 @@ def generate_samples(checkpoint: LoadedCheckpoint, settings: GenerationSettings)
 
 
 def _vllm_samples(checkpoint: LoadedCheckpoint, settings: GenerationSettings, prompts: list[list[int]]) -> list[Sample]:
-    from resources.rewrite.recipes import Sampling
-    from resources.rewrite.rewriter import GenerationRequest, VLLMBackend, inspect_model
-
     sampling = Sampling(temperature=settings.temperature, top_p=settings.top_p, max_tokens=settings.max_tokens)
     max_len = max(len(p) for p in prompts) + settings.max_tokens
     with VLLMBackend.start(inspect_model(checkpoint.path), settings.vllm, max(max_len, checkpoint.seq_len)) as backend:

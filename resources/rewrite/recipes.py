@@ -15,7 +15,6 @@ every output row, so a corpus can be filtered by it later.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Self
 
@@ -23,27 +22,13 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from resources.common.storage import stable_hash
+from resources.llm.backend import Sampling
 
 TEXT_SLOT = "{text}"
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Sampling(_Model):
-    """Per-recipe sampling. `seed` is the recipe's base seed: each row is generated with a seed
-    derived from it and the source document (see `row_seed`)."""
-
-    temperature: float = Field(default=0.7, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    max_tokens: int = Field(default=512, ge=1)
-    seed: int = Field(default=0, ge=0)
-    stop: tuple[str, ...] = Field(default=(), description="strings that end a generation (not kept)")
-
-    def to_json(self) -> str:
-        """The `sampling` column: sorted keys, so equal settings give equal strings."""
-        return json.dumps(self.model_dump(), sort_keys=True, separators=(",", ":"))
 
 
 class Selection(_Model):

@@ -18,29 +18,18 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from resources.common.schemas import DOCUMENTS, REMOVED, doc_id_of
+from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS, doc_id_of
 from resources.common.storage import Manifest, ShardStore
 from resources.common.versioning import OutputVersion
+from resources.llm.backend import Backend, Generation, GenerationRequest
+from resources.llm.endpoint import EndpointError
+from resources.llm.model import ModelPathError, inspect_model, load_tokenizer
 from resources.llm.tiny_model import build_tiny_model
+from resources.rewrite.post_filter import PostFilter, PostFilterSettings
+from resources.rewrite.prompts import PromptBuilder
 from resources.rewrite.recipes import LIBRARY, Recipe, recipe_fingerprint, resolve_recipes, sample_point
-from resources.rewrite.rewriter import (
-    OUTPUT_SCHEMA,
-    REMOVED_OUTPUT_SCHEMA,
-    Backend,
-    EndpointError,
-    Generation,
-    GenerationRequest,
-    ModelPathError,
-    PostFilter,
-    PostFilterSettings,
-    PromptBuilder,
-    RewriteOutput,
-    Rewriter,
-    RewriteSettings,
-    inspect_model,
-    load_tokenizer,
-    rewrite_partition,
-)
+from resources.rewrite.resume import RewriteOutput, rewrite_partition
+from resources.rewrite.rewriter import OUTPUT_SCHEMA, REMOVED_OUTPUT_SCHEMA, Rewriter, RewriteSettings
 from resources.settings import PROJECT_ROOT
 from tests.vllm_fixtures import TINY_MAX_MODEL_LEN, free_port
 
@@ -214,13 +203,42 @@ def test_post_filter_rules() -> None:
     check = PostFilter(PostFilterSettings(min_chars=5))
     fine = "The European lobster lives in the eastern Atlantic Ocean and in the Mediterranean Sea."
     assert check(fine, "stop") is None
-    assert check("", "stop") == ("empty", "chars=0<5")
-    assert check(fine, "length") == ("truncated", "finish_reason=length")
-    assert check("As an AI language model, I cannot rewrite this.", "stop")[0] == "refusal"
-    assert check("I cannot stress enough how big it is. " + fine, "stop")[0] == "refusal"
+    assert check("", "stop") == ("rewrite_too_short", "chars=0<5")
+    assert check(fine, "length") == ("rewrite_truncated", "finish_reason=length")
+    assert check("As an AI language model, I cannot rewrite this.", "stop")[0] == "rewrite_refusal"
+    assert check("I cannot stress enough how big it is. " + fine, "stop")[0] == "rewrite_refusal"
     rule, detail = check("the lobster is " * 40, "stop")
-    assert rule == "repetition" and ">" in detail
+    assert rule == "rewrite_gopher_repetition" and ">" in detail
     assert PostFilter(PostFilterSettings(drop_truncated=False))(fine, "length") is None
+
+
+class Scripted:
+    """A backend without a model: a distinct text per prompt, except that every qa_pairs prompt
+    (max_tokens 16 in `settings_for`) gets the same answer, so all but the first are duplicates."""
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        def text(r: GenerationRequest) -> str:
+            return "Question: same? Answer: yes." if r.sampling.max_tokens == 16 else f"Rewrite {sum(r.token_ids)}."
+
+        return [Generation(text(r), "stop", len(r.token_ids), 4) for r in requests]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def test_duplicate_outputs_are_removed_and_catalog_rows_cover_reused_shards(tiny_model: Path, tmp_path: Path) -> None:
+    frames = [source_frame(5, start=5 * i) for i in range(3)]
+    store = upstream_store(tmp_path, frames)
+    with pytest.raises(KeyboardInterrupt):
+        run_partition(store, Rewriter(settings_for(tiny_model), backend=Counting(Scripted(), fail_after_calls=1)))
+    output = run_partition(store, Rewriter(settings_for(tiny_model), backend=Scripted()))
+    assert output.stats.shards_reused == 1 and output.stats.shards_generated == 2
+    removed = pl.concat(store.iter_frames(output.manifest, table=REMOVED))
+    assert set(removed["rule"]) == {"rewrite_duplicate_output"} and removed["duplicate_of"].equals(removed["doc_id"])
+    assert output.removed_by_rule == {"rewrite_duplicate_output": removed.height} and removed.height > 0
+    # the catalog's rows, reused shard included, are what the committed shards hold
+    assert output.documents.equals(pl.concat(store.iter_frames(output.manifest, PROVENANCE_COLUMNS)))
+    assert output.removed.equals(pl.concat(store.iter_frames(output.manifest, REMOVED_COLUMNS, REMOVED)))
 
 
 # --------------------------------------------------------------------------- bad inputs before any work
@@ -331,7 +349,7 @@ def test_vllm_post_filter_reasons_and_empty_selection(tiny_model: Path, vllm_bac
     frame = source_frame(6)
     strict = settings_for(tiny_model, post_filter={"drop_truncated": True})
     result = Rewriter(strict, backend=vllm_backend).rewrite(frame)
-    truncated = result.removed.filter(pl.col("rule") == "truncated")
+    truncated = result.removed.filter(pl.col("rule") == "rewrite_truncated")
     assert truncated.height == result.stats.finish_reasons["length"] > 0  # random weights rarely stop
     assert truncated["stage"].unique().to_list() == ["rewrite"]
     assert set(truncated["source_doc_id"]) <= set(frame["doc_id"]) and truncated["url"].null_count() == 0
