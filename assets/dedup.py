@@ -13,7 +13,7 @@ from resources.dedup.settings import DedupStageSettings
 from resources.resources import CatalogResource, StorageResource
 
 DEDUPED = "deduplicated_documents"
-DEDUP_LOGIC = "1"
+DEDUP_LOGIC = "2"  # 2: removal keys dedup_exact, dedup_near
 
 
 def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefinition:
