@@ -1,7 +1,6 @@
 """Training: a Llama-style checkpoint from every crawl batch's token shards, resumable, kept as a
 history of generations, each naming the exact shards (and data versions) it was trained on."""
 
-import base64
 from pathlib import Path
 
 import dagster as dg
@@ -13,10 +12,12 @@ from resources.common.partition_stage import upstream_manifest
 from resources.common.storage import ShardStore, stable_hash
 from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, StorageResource
-from resources.settings import TrainingSettings
 from resources.tokenize.shards import TOKEN_INDEX, TOKENS
 from resources.tokenize.tokenizer import load_tokenizer
+from resources.train.checkpoints import PLOT_FILE
+from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import TokenFile, TokenSource, with_replay
+from resources.train.loss_curve import loss_curve_markdown
 from resources.train.mixture import (
     TRAINING_MIXTURE,
     MixtureSettings,
@@ -25,7 +26,7 @@ from resources.train.mixture import (
     weigh,
     write_mixture,
 )
-from resources.train.trainer import TrainConfig, train
+from resources.train.trainer import train
 
 CHECKPOINT = "checkpoint"
 TRAIN_LOGIC = "1"
@@ -64,8 +65,8 @@ def mixture_token_sources(store: ShardStore, mixture: dict[str, dict], drop_pref
     ]
 
 
-def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
-    shaping = settings.model_dump(exclude={"device", "checkpoint_every", "log_every"})
+def build_checkpoint(settings: TrainConfig) -> dg.AssetsDefinition:
+    shaping = settings.output_shaping()
     version = OutputVersion(TRAIN_LOGIC, shaping)
 
     @dg.asset(
@@ -105,13 +106,12 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
         # settings start a new generation beside the old ones.
         run_name = f"run-{stable_hash([shaping, inputs, continue_from])[:12]}"
         run_dir = store.local_dir(CHECKPOINT, None) / run_name  # remote stores: trained locally, final step uploaded
-        config = TrainConfig(
+        spec = RunSpec(
             out_dir=str(run_dir),
             vocab_size=tokenizer.vocab_size,
             tokenizer_path=str(tokenizer_dir),
             eos_token_id=tokenizer.eos_id,
             continue_from=continue_from,
-            **settings.model_dump(exclude={"continue_training", "replay_fraction"}),
         )
         prefixed = any(
             m.stats.get("metadata_prefix", "none") != "none"
@@ -121,7 +121,7 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
         # A continued run trains on new shards plus replay, which the plain view of the whole mixture
         # does not match: MeCo's cool-down applies to runs from scratch.
         cooldown = mixture_token_sources(store, mixture, drop_prefix=True) if prefixed and not continue_from else None
-        result = train(config, sources, lambda values: context.log.info(f"step {values}"), cooldown)
+        result = train(settings, spec, sources, lambda values: context.log.info(f"step {values}"), cooldown)
         final = result.checkpoint
         shards = store.publish_files(
             CHECKPOINT, None, run_dir.parent, sorted(p for p in final.iterdir() if p.is_file()), MODEL
@@ -130,12 +130,6 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
         # collect=False: earlier generations stay, audits may ask about any of them
         manifest = commit(context, store, version, shards, inputs=inputs, stats=stats, collect=False)
         catalog.catalog().record_materialization(manifest)
-        plot = final / "loss_curve.png"
-        curve = (
-            f"![loss curve](data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()})"
-            if plot.exists()
-            else ""
-        )
         return dg.MaterializeResult(
             data_version=dg.DataVersion(manifest.data_version),
             metadata={
@@ -148,7 +142,7 @@ def build_checkpoint(settings: TrainingSettings) -> dg.AssetsDefinition:
                 "parameters": result.params,
                 "resumed_from": str(result.resumed_from or ""),
                 "continued_from": continue_from or "",
-                "loss_curve": dg.MetadataValue.md(curve),
+                "loss_curve": dg.MetadataValue.md(loss_curve_markdown(final / PLOT_FILE)),
                 "token_shards": len(files),
             },
         )
