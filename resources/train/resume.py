@@ -12,13 +12,7 @@ from typing import Any
 import safetensors.torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from resources.train.checkpoints import (
-    MODEL_FILE,
-    CheckpointError,
-    clean_partial,
-    latest_checkpoint,
-    read_manifest,
-)
+from resources.train.checkpoints import MODEL_FILE, CheckpointError, clean_partial, latest_checkpoint, read_manifest
 from resources.train.config import EXECUTION_KNOBS
 from resources.train.distributed import Placement
 
@@ -27,14 +21,8 @@ log = logging.getLogger(__name__)
 MODEL_SHAPE = ("preset", "vocab_size", "seq_len")
 # Free to differ on resume: how the run executes, and what only its start reads (the pipeline's
 # choice of data and parent is already in the sources and in the saved lineage).
-RESUME_FREE = EXECUTION_KNOBS | {
-    "out_dir",
-    "tokenizer_path",
-    "continue_from",
-    "load_optimizer",
-    "continue_training",
-    "replay_fraction",
-}
+RESUME_FREE = EXECUTION_KNOBS | {"out_dir", "tokenizer_path", "continue_from", "load_optimizer"}
+RESUME_FREE |= {"continue_training", "replay_fraction"}
 
 
 def restore_point(run_dir: Path, placement: Placement) -> Path | None:
