@@ -16,7 +16,7 @@ default elsewhere) and, with --compile, `torch.compile`:
   Its own `tokens_per_s` is used: it excludes the first step and checkpoint writes, like the
   reference's timing excludes its warm-up.
 
-MFU = training FLOPs per token (6N + attention, `model_presets.flops_per_token`) x tokens/s / peak,
+MFU = training FLOPs per token (6N + attention, `resources.train.presets.flops_per_token`) x tokens/s / peak,
 with the same peak for both (H100: 989 TFLOP/s bf16; CPU: a nominal 100 GFLOP/s per thread).
 Runs alternate (ours, reference, ours, ...) --repeats times and the best of each counts, because
 a shared machine is noisy.
@@ -42,9 +42,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from resources.train.config import RunSpec, TrainConfig  # noqa: E402
 from resources.train.data import TokenFile, TokenSource  # noqa: E402
 from resources.train.presets import build_model, flops_per_token, model_config, total_params  # noqa: E402
-from resources.train.trainer import TrainConfig, default_peak_flops, train  # noqa: E402
+from resources.train.throughput import default_peak_flops  # noqa: E402
+from resources.train.trainer import train  # noqa: E402
 
 LOG_EVERY = 10  # the engine's default loss read-back interval
 
@@ -82,12 +84,11 @@ def reference_rate(args: argparse.Namespace, device: torch.device, bf16: bool) -
 
 def ours_rate(args: argparse.Namespace, token_file: TokenFile, workdir: Path, run: int) -> Rate:
     config = TrainConfig(
-        out_dir=str(workdir / f"ours-{run}"),
-        vocab_size=args.vocab,
         preset=args.preset,
         seq_len=args.seq_len,
         micro_batch_size=args.batch,
         max_steps=args.steps + 1,
+        lr=3e-4,  # the reference's
         warmup_steps=2,
         checkpoint_every=10**9,  # only the final step is saved
         log_every=LOG_EVERY,
@@ -100,7 +101,8 @@ def ours_rate(args: argparse.Namespace, token_file: TokenFile, workdir: Path, ru
     def progress(metrics: dict[str, float]) -> None:
         marks.append((metrics["step"], time.process_time()))
 
-    result = train(config, [TokenSource("random", [token_file])], progress=progress)
+    spec = RunSpec(out_dir=str(workdir / f"ours-{run}"), vocab_size=args.vocab)
+    result = train(config, spec, [TokenSource("random", [token_file])], progress=progress)
     (first_step, first_cpu), (last_step, last_cpu) = marks[0], marks[-1]
     return Rate(result.tokens_per_s, (last_step - first_step) * args.batch * args.seq_len / (last_cpu - first_cpu))
 

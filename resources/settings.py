@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +24,7 @@ from resources.ingest.sources import SourceSettings
 from resources.rewrite.rewriter import RewriteSettings
 from resources.tokenize.shards import TokenShardSettings
 from resources.tokenize.tokenizer import TokenizerSettings
+from resources.train.config import TrainConfig
 from resources.train.mixture import MixtureSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -67,27 +67,6 @@ class QualityStageSettings(_Section):
     keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
 
 
-class TrainingSettings(_Section):
-    """The training run (resources.train.trainer.TrainConfig, less what comes from the data)."""
-
-    preset: str = "tiny"
-    seq_len: int = Field(default=128, ge=8)
-    micro_batch_size: int = Field(default=8, ge=1)
-    grad_accum_steps: int = Field(default=1, ge=1)
-    max_steps: int = Field(default=60, ge=1)
-    lr: float = Field(default=3e-3, gt=0)
-    warmup_steps: int = Field(default=10, ge=0)
-    schedule: Literal["cosine", "wsd"] = "cosine"
-    seed: int = 0
-    device: str = "auto"
-    compile: bool = False
-    checkpoint_every: int = Field(default=20, ge=1)
-    log_every: int = Field(default=10, ge=1)
-    cooldown_fraction: float = Field(
-        default=0.1, ge=0, lt=1, description="MeCo: with token_shards.metadata_prefix, the final steps train without it"
-    )
-    continue_training: bool = Field(default=False, description="start from the previous generation's weights")
-    replay_fraction: float = Field(default=0.1, ge=0, lt=1, description="with continue_training: share of old data")
 
 
 class Settings(_Section):
@@ -106,7 +85,7 @@ class Settings(_Section):
     token_shards: TokenShardSettings = Field(default_factory=TokenShardSettings)
     rewrite: RewriteSettings | None = Field(default=None, description="off when unset: no synthetic documents")
     mixture: MixtureSettings = Field(default_factory=MixtureSettings)
-    training: TrainingSettings = Field(default_factory=TrainingSettings)
+    training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:

@@ -3,11 +3,14 @@
 The spec:
 
     {"config": {...TrainConfig fields...},
+     "run": {"out_dir": "runs/a", "vocab_size": 50304, ...RunSpec fields...},
      "sources": [{"name": "web", "weight": 0.9,
                   "files": [{"path": "tok/000.bin", "dtype": "uint16", "data_version": "ab12...",
                              "index": "tok/000.index.parquet"}]}, ...]}
 
-(`index` selects the train split of a shard; without it the whole file is used, or `spans`.)
+(`config` and `run` are `resources.train.config.TrainConfig` and `RunSpec`; unset settings take
+TrainConfig's defaults. `index` selects the train split of a shard; without it the whole file is
+used, or `spans`.)
 
 Launches, all with the same spec; rerunning a command resumes from the latest good checkpoint:
 
@@ -21,7 +24,7 @@ of one of the nodes, reachable from all) and job id:
     torchrun --nnodes 2 --nproc_per_node 8 --rdzv_backend c10d --rdzv_id run42 \\
         --rdzv_endpoint node0:29500 scripts/train_ddp.py run.json
 
-`out_dir` must be a filesystem every node sees (global rank 0 writes the checkpoints; every rank
+`run.out_dir` must be a filesystem every node sees (global rank 0 writes the checkpoints; every rank
 reads the one to resume from), and the token files must exist at the same paths on every node.
 Each rank draws its own batches, so the global batch is micro_batch_size x grad_accum_steps x
 world size sequences; resuming with another world size works but changes the data order. On
@@ -42,8 +45,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import TokenSource
-from resources.train.trainer import TrainConfig, train
+from resources.train.trainer import train
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,9 +60,11 @@ def main(argv: list[str] | None = None) -> None:
         format=f"%(asctime)s rank{rank} %(levelname)s %(name)s: %(message)s",
     )
     spec = json.loads(args.spec.read_text())
-    config = TrainConfig(**spec["config"])
+    config = TrainConfig.model_validate(spec["config"])
     sources = [TokenSource.from_dict(s) for s in spec["sources"]]
-    result = train(config, sources, progress=lambda m: logging.info("progress %s", json.dumps(m)))
+    result = train(
+        config, RunSpec(**spec["run"]), sources, progress=lambda m: logging.info("progress %s", json.dumps(m))
+    )
     if rank == 0:
         print(json.dumps(asdict(result), default=str))
 

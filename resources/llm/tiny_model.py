@@ -136,16 +136,15 @@ def train_tiny_checkpoint(
     import numpy as np
 
     from resources.tokenize.tokenizer import TokenizerSettings, train_tokenizer
+    from resources.train.config import RunSpec, TrainConfig
     from resources.train.data import TokenFile, TokenSource
-    from resources.train.trainer import TrainConfig, train
+    from resources.train.trainer import train
 
     tokenizer = train_tokenizer(iter(texts), TokenizerSettings(vocab_size=vocab_size), out_dir / "tokenizer")
     ids = [i for text in texts for i in (*tokenizer.tokenizer.encode(text).ids, tokenizer.eos_id)]
     tokens = out_dir / "tokens.bin"
     np.asarray(ids, dtype="<u2").tofile(tokens)
     config = TrainConfig(
-        out_dir=str(out_dir / "run"),
-        vocab_size=tokenizer.vocab_size,
         seq_len=seq_len,
         micro_batch_size=micro_batch_size,
         max_steps=steps,
@@ -153,10 +152,9 @@ def train_tiny_checkpoint(
         lr=lr,
         checkpoint_every=steps,
         device=device,
-        tokenizer_path=str(tokenizer.path),
-        eos_token_id=tokenizer.eos_id,
     )
-    return train(config, [TokenSource("text", [TokenFile(str(tokens))])]).checkpoint
+    spec = RunSpec(str(out_dir / "run"), tokenizer.vocab_size, str(tokenizer.path), eos_token_id=tokenizer.eos_id)
+    return train(config, spec, [TokenSource("text", [TokenFile(str(tokens))])]).checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -40,6 +40,16 @@ STATE_FILE = "trainer_state.pt"
 MANIFEST_FILE = "manifest.json"
 PLOT_FILE = "loss_curve.png"
 FORMAT = "crawl2ckpt.checkpoint/1"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
 _HASH_CHUNK = 1 << 23
@@ -131,6 +141,13 @@ def clean_partial(run_dir: str | Path) -> list[Path]:
         log.warning("removing partial checkpoint %s left by an interrupted save", p)
         shutil.rmtree(p)
     return removed
+
+
+def copy_tokenizer(tokenizer_dir: str | Path, directory: Path) -> None:
+    """The tokenizer files there are, beside the weights: a checkpoint directory serves on its own."""
+    for name in TOKENIZER_FILES:
+        if (Path(tokenizer_dir) / name).is_file():
+            shutil.copy2(Path(tokenizer_dir) / name, directory / name)
 
 
 def save_checkpoint(

@@ -1,5 +1,6 @@
 """The training mixture: natural and synthetic token shards combined by configured weights, with how
-much each source is up- or down-sampled and every input partition's data version."""
+much each source is up- or down-sampled and every input partition's data version; and the mixture
+read back as the trainer's token sources."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import posixpath
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from resources.common.partition_stage import upstream_manifest
 from resources.common.storage import ShardInfo, ShardStore, sha256_bytes
+from resources.tokenize.shards import TOKEN_INDEX, TOKENS
+from resources.train.data import TokenFile, TokenSource
 
 TRAINING_MIXTURE = "training_mixture"
 MIXTURE_FILE = "mixture.json"
@@ -67,3 +71,37 @@ def read_mixture(store: ShardStore) -> tuple[dict[str, dict], str]:
         raise FileNotFoundError(f"{TRAINING_MIXTURE} is not materialized: materialize it first")
     path = posixpath.join(store.partition_dir(TRAINING_MIXTURE, None), MIXTURE_FILE)
     return json.loads(store.read_bytes(path)), manifest.data_version
+
+
+def token_files(
+    store: ShardStore, asset: str, partitions: dict[str, str], drop_prefix: bool = False
+) -> list[TokenFile]:
+    """The train split of the named token-shard partitions, in order, memory-mapped (from a local
+    mirror when the store is remote); `drop_prefix` leaves out the MeCo metadata prefixes (the
+    cool-down's view of the same shards)."""
+    files = []
+    for key in partitions:
+        manifest = upstream_manifest(store, asset, key)
+        root = store.local_partition(manifest)
+        tokens = sorted(f.path for f in manifest.files if f.table == TOKENS)
+        indexes = sorted(f.path for f in manifest.files if f.table == TOKEN_INDEX)
+        for path, index in zip(tokens, indexes, strict=True):
+            files.append(
+                TokenFile.from_index(
+                    str(root / path),
+                    str(root / index),
+                    dtype=manifest.stats["dtype"],
+                    data_version=manifest.data_version,
+                    drop_prefix=drop_prefix,
+                )
+            )
+    return files
+
+
+def mixture_token_sources(store: ShardStore, mixture: dict[str, dict], drop_prefix: bool = False) -> list[TokenSource]:
+    """One token source per mixture source with a positive weight, over all its partitions' shards."""
+    return [
+        TokenSource(name, token_files(store, spec["asset"], spec["partitions"], drop_prefix), spec["weight"])
+        for name, spec in mixture.items()
+        if spec.get("weight", 0) > 0
+    ]

@@ -16,14 +16,16 @@ Why it is built this way:
   before every checkpoint (a sync per step would stall the GPU); a non-finite loss or gradient
   norm, or non-finite weights at save time, stops the run with `NonFiniteLossError` and writes
   nothing, so the last checkpoint on disk is the last good one.
-- **Continual pre-training.** `continue_from` loads another run's weights (and, on request, its
+- **Continual pre-training.** `RunSpec.continue_from` loads another run's weights (and, on request, its
   optimizer) into a fresh run: the step counter starts at 0, so the LR warms up again (re-warming
   ends better than keeping the decayed LR), and replay comes from a source over the old shards
-  (`train_data.with_replay`). Each manifest lists every shard of the whole lineage.
+  (`resources.train.data.with_replay`). Each manifest lists every shard of the whole lineage.
 - **Bad inputs fail first.** Empty data and token ids outside the vocabulary raise `DataError`
   before a model is built.
 
-Checkpoint layout and atomicity: `resources.train.checkpoints`.
+Settings: `resources.train.config`. The pieces the loop is made of: `optim` (AdamW, LR schedule),
+`distributed` (ranks, devices, collectives), `resume` (where a run starts), `throughput` (tokens/s,
+MFU), `loss_curve` (the plot); checkpoint layout and atomicity: `checkpoints`.
 """
 
 from __future__ import annotations
@@ -32,121 +34,36 @@ import contextlib
 import json
 import logging
 import math
-import os
-import shutil
-import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import safetensors.torch
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch.nn.parallel import DistributedDataParallel
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from resources.train.checkpoints import (
-    MODEL_FILE,
     PLOT_FILE,
     STATE_FILE,
-    CheckpointError,
-    clean_partial,
-    latest_checkpoint,
+    copy_tokenizer,
     load_trainer_state,
     read_manifest,
     resolve_checkpoint,
     save_checkpoint,
 )
+from resources.train.config import RunSpec, TrainConfig, run_record
 from resources.train.data import TokenSource, TrainData
+from resources.train.distributed import Placement
+from resources.train.loss_curve import plot_losses
+from resources.train.optim import build_optimizer, lr_at, schedule_state
 from resources.train.presets import build_model, flops_per_token, model_config, total_params
+from resources.train.resume import check_resumable, check_same_shape, load_weights, parent_lineage, restore_point
+from resources.train.throughput import Throughput, default_peak_flops
 
 log = logging.getLogger(__name__)
-
-# Dense bf16 peak FLOP/s per GPU (datasheets); fp32 training uses TF32 tensor cores, half of it.
-GPU_PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "L4": 121e12}
-# A nominal CPU core: 2 AVX2 FMA units x 8 fp32 lanes x 2 FLOP x ~3 GHz. Only for a comparable MFU.
-CPU_PEAK_PER_THREAD = 1e11
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "vocab.json",
-    "merges.txt",
-    "tokenizer.model",
-)
-# Settings that only change how a run executes, not what it computes: free to differ on resume.
-_EXECUTION_ONLY = {
-    "out_dir",
-    "device",
-    "compile",
-    "checkpoint_every",
-    "log_every",
-    "peak_flops",
-    "tokenizer_path",
-    "continue_from",
-    "load_optimizer",
-}
-_MODEL_SHAPE = ("preset", "vocab_size", "seq_len")
-
-
-@dataclass
-class TrainConfig:
-    """One training run. `out_dir` holds its checkpoint history; rerunning with the same `out_dir`
-    resumes from the latest complete checkpoint (and returns at once when it is already done)."""
-
-    out_dir: str
-    vocab_size: int  # from the tokenizer; every token id in the data must be below it
-    preset: str = "tiny"  # resources.train.presets.PRESETS
-    seq_len: int = 256
-    micro_batch_size: int = 8  # sequences per forward pass per process
-    grad_accum_steps: int = 1  # micro-batches per optimizer step
-    max_steps: int = 1000
-    lr: float = 3e-4
-    min_lr_ratio: float = 0.1  # final LR as a fraction of `lr`
-    warmup_steps: int = 100
-    schedule: Literal["cosine", "wsd"] = "cosine"
-    decay_fraction: float = 0.2  # WSD: the last fraction of steps decays linearly to the final LR
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping (the norm is still checked)
-    seed: int = 0
-    device: str = "auto"  # "auto": cuda:LOCAL_RANK when there is a GPU, else cpu
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 autocast on GPU, fp32 on CPU
-    compile: bool = False  # torch.compile the model (GPU; on CPU it needs a C++ toolchain)
-    checkpoint_every: int = 100  # the final step is always saved too
-    log_every: int = 10  # steps between loss read-backs (NaN checks, progress callbacks)
-    continue_from: str | None = None  # a step dir or a run dir: continual pre-training from its weights
-    load_optimizer: bool = False  # with continue_from: also take over its AdamW moments
-    peak_flops: float | None = None  # per device, for MFU; default from GPU_PEAK_BF16 / CPU_PEAK_PER_THREAD
-    tokenizer_path: str | None = None  # a tokenizer directory copied into every checkpoint (vLLM needs it)
-    cooldown_fraction: float = 0.0  # MeCo: the last fraction of steps draws from `cooldown_sources`
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-
-    def __post_init__(self) -> None:
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        positive = (
-            "vocab_size",
-            "seq_len",
-            "micro_batch_size",
-            "grad_accum_steps",
-            "max_steps",
-            "checkpoint_every",
-            "log_every",
-        )
-        bad = [name for name in positive if getattr(self, name) < 1]
-        if bad:
-            raise ValueError(f"must be at least 1: {', '.join(bad)}")
-        if self.warmup_steps < 0 or not 0 <= self.min_lr_ratio <= 1 or not 0 < self.decay_fraction <= 1:
-            raise ValueError("need warmup_steps >= 0, 0 <= min_lr_ratio <= 1 and 0 < decay_fraction <= 1")
-        if self.schedule not in ("cosine", "wsd") or self.precision not in ("auto", "bf16", "fp32"):
-            raise ValueError(f"unknown schedule {self.schedule!r} or precision {self.precision!r}")
 
 
 @dataclass
@@ -175,36 +92,9 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
-def lr_at(step: int, config: TrainConfig) -> float:
-    """The LR of optimizer step `step` (0-based): linear warmup to `lr`, then either cosine decay
-    to `lr * min_lr_ratio` at `max_steps`, or WSD (constant, then a linear decay over the last
-    `decay_fraction` of the steps; a long stable phase can be extended or branched from)."""
-    peak, floor = config.lr, config.lr * config.min_lr_ratio
-    if step < config.warmup_steps:
-        return peak * (step + 1) / config.warmup_steps
-    if config.schedule == "cosine":
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
-        return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
-    decay_start = max(config.warmup_steps, config.max_steps - round(config.decay_fraction * config.max_steps))
-    if step < decay_start:
-        return peak
-    progress = min(1.0, (step - decay_start + 1) / max(1, config.max_steps - decay_start))
-    return peak + (floor - peak) * progress
-
-
-def default_peak_flops(device: torch.device, bf16: bool) -> float | None:
-    if device.type == "cpu":
-        return CPU_PEAK_PER_THREAD * torch.get_num_threads()
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16.items():
-            if key in name:
-                return peak if bf16 else peak / 2
-    return None
-
-
 def train(
     config: TrainConfig,
+    spec: RunSpec,
     sources: Sequence[TokenSource],
     progress: Callable[[dict[str, float]], None] | None = None,
     cooldown_sources: Sequence[TokenSource] | None = None,
@@ -216,44 +106,15 @@ def train(
     `CheckpointError` for an unusable `continue_from` or a resume with another model shape, and
     `NonFiniteLossError` when training diverges.
     """
-    placement = _Dist.setup(config.device)
+    placement = Placement.setup(config.device)
     run: _Run | None = None
     try:
-        run = _Run(config, sources, progress, placement, cooldown_sources)
+        run = _Run(config, spec, sources, progress, placement, cooldown_sources)
         return run.execute()
     finally:
         if run is not None:
             run.forward_model = None  # DDP's reducer must go before its process group, or its destructor may hang
-        if placement.owns_group and dist.is_initialized():
-            dist.destroy_process_group()
-
-
-@dataclass
-class _Dist:
-    rank: int
-    world: int
-    local_rank: int
-    device: torch.device
-    owns_group: bool
-
-    @classmethod
-    def setup(cls, device_arg: str) -> _Dist:
-        """Rank and device from torchrun's environment; a process group is created when launched
-        with more than one process and the caller has not made one."""
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-        if device_arg == "auto":
-            device = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
-        else:
-            device = torch.device(device_arg)
-            if device.type == "cuda" and device.index is None:
-                device = torch.device(f"cuda:{local}")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        owns = world > 1 and not dist.is_initialized()
-        if owns:
-            dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return cls(rank, world, local, device, owns)
+        placement.teardown()
 
 
 class _Run:
@@ -262,14 +123,15 @@ class _Run:
     def __init__(
         self,
         config: TrainConfig,
+        spec: RunSpec,
         sources: Sequence[TokenSource],
         progress: Callable[[dict[str, float]], None] | None,
-        placement: _Dist,
+        placement: Placement,
         cooldown_sources: Sequence[TokenSource] | None = None,
     ) -> None:
-        self.config, self.progress, self.dist = config, progress, placement
+        self.config, self.spec, self.progress, self.dist = config, spec, progress, placement
         self.data = TrainData(sources, config.seq_len, config.micro_batch_size, seed=config.seed, rank=self.dist.rank)
-        self.data.validate(config.vocab_size)
+        self.data.validate(spec.vocab_size)
         # MeCo: metadata-conditioned for most of the run, plain text for the final cool-down. Batches
         # stay a pure function of the step, so resume is unaffected.
         self.cooldown_start = config.max_steps - round(config.cooldown_fraction * config.max_steps)
@@ -278,20 +140,24 @@ class _Run:
             self.cooldown = TrainData(
                 cooldown_sources, config.seq_len, config.micro_batch_size, seed=config.seed, rank=self.dist.rank
             )
-        self.run_dir = Path(config.out_dir)
+        self.run_dir = Path(spec.out_dir)
         device = self.dist.device
         self.bf16 = config.precision == "bf16" or (config.precision == "auto" and device.type == "cuda")
         self.model_config: LlamaConfig = model_config(
             config.preset,
-            config.vocab_size,
+            spec.vocab_size,
             config.seq_len,
             dtype=torch.bfloat16 if self.bf16 else torch.float32,
-            bos_token_id=config.bos_token_id,
-            eos_token_id=config.eos_token_id,
+            bos_token_id=spec.bos_token_id,
+            eos_token_id=spec.eos_token_id,
         )
         self.tokens_per_step = config.micro_batch_size * config.seq_len * config.grad_accum_steps * self.dist.world
-        self.flops_per_token = flops_per_token(self.model_config, config.seq_len)
-        self.peak_flops = config.peak_flops or default_peak_flops(device, self.bf16)
+        self.throughput = Throughput(
+            self.tokens_per_step,
+            flops_per_token(self.model_config, config.seq_len),
+            config.peak_flops or default_peak_flops(device, self.bf16),
+            self.dist.world,
+        )
         self.step = 0
         self.tokens_seen = 0  # counted, not derived from the step: a resume may change the batch or world size
         self.losses: list[float] = []
@@ -299,58 +165,40 @@ class _Run:
         self.last_checkpoint: Path | None = None
         self.resumed_from: Path | None = None
         self.lineage: dict[str, Any] = {"continued_from": None, "parent_trained_on": [], "parent_tokens": 0}
-        self.timing = {"measured_tokens": 0, "measured_seconds": 0.0}
-        self.mark = (0.0, 0)  # (time, step) where the current throughput interval started
         self.forward_model: torch.nn.Module | None = None  # the model as called: compiled and/or DDP-wrapped
 
     # -- set-up ------------------------------------------------------------------------
-    def _restore_point(self) -> Path | None:
-        """Rank 0 cleans partial saves and picks the latest good checkpoint; every rank uses it."""
-        choice: list[str | None] = [None]
-        if self.dist.rank == 0:
-            clean_partial(self.run_dir)
-            latest = latest_checkpoint(self.run_dir)
-            choice = [str(latest) if latest else None]
-        if self.dist.world > 1:
-            dist.broadcast_object_list(choice, src=0)
-        return Path(choice[0]) if choice[0] else None
-
     def _build(self) -> dict[str, Any] | None:
         """Model and optimizer, restored from a checkpoint of this run or a parent run. Returns the
         trainer state being resumed, if any."""
-        config, device = self.config, self.dist.device
+        config, spec, device = self.config, self.spec, self.dist.device
         torch.manual_seed(config.seed)
         self.model: LlamaForCausalLM = build_model(self.model_config)
-        resume = self._restore_point()
+        resume = restore_point(self.run_dir, self.dist)
         state: dict[str, Any] | None = None
         if resume is not None:
             state = load_trainer_state(resume)
-            self._check_resumable(state)
-            _load_weights(self.model, resume)
+            check_resumable(state, run_record(config, spec), self.data.describe(), self.dist.world, self.run_dir)
+            load_weights(self.model, resume)
             self.resumed_from = self.last_checkpoint = resume
             self.step, self.losses, self.tokens_seen = state["step"], list(state["loss_history"]), state["tokens_seen"]
             self.lineage = state["lineage"]
             log.info("resuming %s from %s (step %d)", self.run_dir, resume, self.step)
-        elif config.continue_from:
-            parent = resolve_checkpoint(config.continue_from)
-            _check_same_shape(self.model_config, parent)
-            _load_weights(self.model, parent)
-            parent_manifest = read_manifest(parent)
-            self.lineage = {
-                "continued_from": {"path": str(parent), "step": parent_manifest["step"]},
-                "parent_trained_on": parent_manifest["trained_on"],
-                "parent_tokens": parent_manifest["total_tokens_seen"],
-            }
+        elif spec.continue_from:
+            parent = resolve_checkpoint(spec.continue_from)
+            check_same_shape(self.model_config, parent)
+            load_weights(self.model, parent)
+            self.lineage = parent_lineage(parent)
             log.info("continual pre-training from %s: LR warms up again over %d steps", parent, config.warmup_steps)
         self.model.to(device).train()
-        self.optimizer = self._optimizer()
+        self.optimizer = build_optimizer(self.model, config, device)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"]["cpu"])
             if device.type == "cuda" and state["rng"].get("cuda") is not None:
                 torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        elif config.continue_from and config.load_optimizer:
-            self.optimizer.load_state_dict(load_trainer_state(resolve_checkpoint(config.continue_from))["optimizer"])
+        elif spec.continue_from and config.load_optimizer:
+            self.optimizer.load_state_dict(load_trainer_state(resolve_checkpoint(spec.continue_from))["optimizer"])
         if device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -360,36 +208,6 @@ class _Run:
             self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
         return state
 
-    def _optimizer(self) -> torch.optim.AdamW:
-        """AdamW with decay on matrices only (norm gains are not decayed), fused kernels on CUDA."""
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.config.weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
-        ]
-        fused = self.dist.device.type == "cuda"
-        return torch.optim.AdamW(groups, lr=self.config.lr, betas=self.config.betas, fused=fused)
-
-    def _check_resumable(self, state: dict[str, Any]) -> None:
-        saved, current = state["config"], asdict(self.config)
-        shape = [k for k in _MODEL_SHAPE if saved.get(k) != current[k]]
-        if shape:
-            raise CheckpointError(
-                f"cannot resume {self.run_dir}: its checkpoints have another {', '.join(shape)} "
-                f"({', '.join(f'{k}={saved.get(k)!r}' for k in shape)}); use a new out_dir or continue_from"
-            )
-        changed = sorted(k for k in current if k not in _EXECUTION_ONLY and saved.get(k) != current[k])
-        if state["data"]["sources"] != self.data.describe():
-            changed.append("data sources")
-        if state["data"]["world_size"] != self.dist.world:
-            changed.append("world size")
-        if changed:
-            log.warning(
-                "resuming %s with changed %s: the run will differ from an uninterrupted one",
-                self.run_dir,
-                ", ".join(changed),
-            )
-
     # -- the loop ----------------------------------------------------------------------
     def execute(self) -> TrainResult:
         config = self.config
@@ -398,19 +216,19 @@ class _Run:
             log.info("%s already trained to step %d", self.run_dir, self.step)
             return self._result(read_manifest(self.last_checkpoint)["metrics"])
         first = self.step
-        self.mark = (time.perf_counter(), first)
+        self.throughput.restart(first)
         while self.step < config.max_steps:
             self._train_step()
             if self.step == first + 1 < config.max_steps:
                 # The first step pays for compilation and allocator warm-up: not part of the rate.
                 self.pending[-1].tolist()
-                self.mark = (time.perf_counter(), self.step)
+                self.throughput.restart(self.step)
             at_checkpoint = self.step % config.checkpoint_every == 0 or self.step == config.max_steps
             if at_checkpoint or self.step % config.log_every == 0:
                 self._flush()
             if at_checkpoint:
                 self._save()
-                self.mark = (time.perf_counter(), self.step)  # the save is not part of the rate either
+                self.throughput.restart(self.step)  # the save is not part of the rate either
         return self._result(self._metrics())
 
     def _train_step(self) -> None:
@@ -443,16 +261,10 @@ class _Run:
 
     def _flush(self) -> None:
         """Read the pending losses back (averaged over ranks), stop on a non-finite one, report."""
-        values = torch.stack(self.pending)
+        values = self.dist.mean(torch.stack(self.pending))
         self.pending.clear()
-        if self.dist.world > 1:
-            dist.all_reduce(values)
-            values /= self.dist.world
         rows = values.cpu().tolist()  # waits for the device: the time since the mark is all compute
-        started, steps_before = self.mark
-        self.timing["measured_seconds"] += time.perf_counter() - started
-        self.timing["measured_tokens"] += (self.step - steps_before) * self.tokens_per_step
-        self.mark = (time.perf_counter(), self.step)
+        self.throughput.measure(self.step)
         first = self.step - len(rows) + 1
         for offset, (loss, norm) in enumerate(rows):
             if not math.isfinite(loss):
@@ -467,24 +279,15 @@ class _Run:
                     "loss": self.losses[-1],
                     "lr": lr_at(self.step - 1, self.config),
                     "tokens_seen": self.tokens_seen,
-                    "tokens_per_s": self._tokens_per_s(),
+                    "tokens_per_s": self.throughput.tokens_per_s,
                 }
             )
 
     # -- results and checkpoints ---------------------------------------------------------
-    def _tokens_per_s(self) -> float:
-        seconds = self.timing["measured_seconds"]
-        return self.timing["measured_tokens"] / seconds if seconds > 0 else 0.0
-
     def _metrics(self) -> dict[str, Any]:
-        rate = self._tokens_per_s()
-        mfu = self.flops_per_token * rate / (self.peak_flops * self.dist.world) if self.peak_flops and rate else None
         return {
             "loss": self.losses[-1],
-            "tokens_per_s": rate,
-            "mfu": mfu,
-            "peak_flops_per_device": self.peak_flops,
-            "flops_per_token": self.flops_per_token,
+            **self.throughput.metrics(),
             "world_size": self.dist.world,
             "precision": "bf16" if self.bf16 else "fp32",
             "device": str(self.dist.device),
@@ -512,11 +315,8 @@ class _Run:
         if self.dist.rank == 0:
             self.last_checkpoint = save_checkpoint(self.run_dir, self.step, self._write_files, self._manifest())
             log.info("saved %s (loss %.4f)", self.last_checkpoint, self.losses[-1])
-        if self.dist.world > 1:
-            dist.barrier()
-            sent = [str(self.last_checkpoint)]
-            dist.broadcast_object_list(sent, src=0)
-            self.last_checkpoint = Path(sent[0])
+        self.dist.barrier()
+        self.last_checkpoint = Path(self.dist.from_rank0(str(self.last_checkpoint)))
 
     def _manifest(self) -> dict[str, Any]:
         """Everything an audit asks of a checkpoint: what it was trained on, from what, how well."""
@@ -532,10 +332,10 @@ class _Run:
                 "architecture": "LlamaForCausalLM",
                 "preset": self.config.preset,
                 "params": total_params(self.model_config),
-                "vocab_size": self.config.vocab_size,
+                "vocab_size": self.spec.vocab_size,
                 "seq_len": self.config.seq_len,
             },
-            "config": asdict(self.config),
+            "config": run_record(self.config, self.spec),
             "tokens_seen": self.tokens_seen,
             "total_tokens_seen": self.lineage["parent_tokens"] + self.tokens_seen,
             "data": self.data.describe(),
@@ -559,10 +359,7 @@ class _Run:
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
-            "schedule": {
-                k: getattr(self.config, k)
-                for k in ("schedule", "lr", "min_lr_ratio", "warmup_steps", "max_steps", "decay_fraction")
-            },
+            "schedule": schedule_state(self.config),
             "rng": rng,
             "data": {
                 "seed": self.config.seed,
@@ -572,48 +369,10 @@ class _Run:
             },
             "loss_history": list(self.losses),
             "tokens_seen": self.tokens_seen,
-            "config": asdict(self.config),
+            "config": run_record(self.config, self.spec),
             "lineage": self.lineage,
         }
         torch.save(state, directory / STATE_FILE)
-        _plot_losses(self.losses, directory / PLOT_FILE, f"{self.config.preset} · {self.run_dir.name}")
-        if self.config.tokenizer_path:
-            for name in TOKENIZER_FILES:
-                if (Path(self.config.tokenizer_path) / name).is_file():
-                    shutil.copy2(Path(self.config.tokenizer_path) / name, directory / name)
-
-
-def _load_weights(model: LlamaForCausalLM, checkpoint: Path) -> None:
-    """Load fp32 weights exactly as saved (no dtype round trip); a tied head may be absent."""
-    weights = safetensors.torch.load_file(checkpoint / MODEL_FILE)
-    missing, unexpected = model.load_state_dict(weights, strict=False)
-    tied = {"lm_head.weight", "model.embed_tokens.weight"} if model.config.tie_word_embeddings else set()
-    if unexpected or set(missing) - tied or len(missing) > 1:
-        raise CheckpointError(f"{checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
-
-
-def _check_same_shape(config: LlamaConfig, checkpoint: Path) -> None:
-    parent = json.loads((checkpoint / "config.json").read_text())
-    keys = (
-        "vocab_size",
-        "hidden_size",
-        "intermediate_size",
-        "num_hidden_layers",
-        "num_attention_heads",
-        "num_key_value_heads",
-        "tie_word_embeddings",
-    )
-    differ = [f"{k}: {parent.get(k)} vs {getattr(config, k)}" for k in keys if parent.get(k) != getattr(config, k)]
-    if differ:
-        raise CheckpointError(f"cannot continue from {checkpoint}: another model shape ({'; '.join(differ)})")
-
-
-def _plot_losses(losses: list[float], path: Path, title: str) -> None:
-    """The loss curve as a PNG, drawn on a bare Figure (Agg canvas, no pyplot global state)."""
-    figure = Figure(figsize=(6, 3.5), dpi=100)
-    axes = figure.add_subplot()
-    axes.plot(range(1, len(losses) + 1), losses, linewidth=1)
-    axes.set(xlabel="step", ylabel="train loss", title=title)
-    axes.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
+        plot_losses(self.losses, directory / PLOT_FILE, f"{self.config.preset} · {self.run_dir.name}")
+        if self.spec.tokenizer_path:
+            copy_tokenizer(self.spec.tokenizer_path, directory)

@@ -9,8 +9,9 @@ import polars as pl
 import pytest
 
 import resources.train.trainer as trainer
+from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import TokenFile, TokenSource, TrainData
-from resources.train.trainer import TrainConfig, train
+from resources.train.trainer import train
 
 PREFIX, EOS = 7, 0
 
@@ -54,11 +55,11 @@ def test_trainer_switches_to_the_cooldown_data_for_the_last_steps(
 
     monkeypatch.setattr(trainer.TrainData, "batch", recording)
     config = TrainConfig(
-        out_dir=str(tmp_path / "run"), vocab_size=16, seq_len=16, micro_batch_size=8, max_steps=8, warmup_steps=1,
-        checkpoint_every=8, cooldown_fraction=0.25,
-    )  # fmt: skip
+        seq_len=16, micro_batch_size=8, max_steps=8, lr=3e-4, warmup_steps=1, checkpoint_every=8, cooldown_fraction=0.25
+    )
     train(
         config,
+        RunSpec(str(tmp_path / "run"), vocab_size=16),
         [TokenSource("meco", [TokenFile.from_index(path, index, dtype="uint16")])],
         cooldown_sources=[TokenSource("plain", [TokenFile.from_index(path, index, dtype="uint16", drop_prefix=True)])],
     )

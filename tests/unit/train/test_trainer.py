@@ -31,9 +31,11 @@ from resources.train.checkpoints import (
     load_trainer_state,
     read_manifest,
 )
+from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import DataError, TokenFile, TokenSource, TrainData, with_replay
+from resources.train.optim import lr_at
 from resources.train.presets import PRESETS, flop_params, model_config, total_params
-from resources.train.trainer import NonFiniteLossError, TrainConfig, lr_at, train
+from resources.train.trainer import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "train_ddp.py"
@@ -55,10 +57,10 @@ def source(tmp_path: Path, name: str = "web", n: int = 20_000, **kwargs) -> Toke
     return TokenSource(name, [write_tokens(tmp_path / f"{name}.bin", pattern_tokens(n, **kwargs))])
 
 
-def config(out_dir: Path, **overrides) -> TrainConfig:
-    base = {
-        "out_dir": str(out_dir),
-        "vocab_size": VOCAB,
+def config(out_dir: Path, **overrides) -> tuple[TrainConfig, RunSpec]:
+    """A tiny run's settings and spec; each override goes to the one of the two that has the field."""
+    spec = {"out_dir": str(out_dir), "vocab_size": VOCAB}
+    settings = {
         "preset": "tiny",
         "seq_len": 32,
         "micro_batch_size": 4,
@@ -68,7 +70,9 @@ def config(out_dir: Path, **overrides) -> TrainConfig:
         "checkpoint_every": 3,
         "log_every": 1,
     }
-    return TrainConfig(**{**base, **overrides})
+    for key, value in overrides.items():
+        (spec if key in RunSpec.__dataclass_fields__ else settings)[key] = value
+    return TrainConfig(**settings), RunSpec(**spec)
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -101,10 +105,10 @@ def test_presets_have_vllm_compatible_shapes() -> None:
 
 
 def test_lr_schedules_warm_up_then_decay() -> None:
-    cosine = TrainConfig(out_dir="x", vocab_size=VOCAB, lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=110)
+    cosine = TrainConfig(lr=1.0, min_lr_ratio=0.1, warmup_steps=10, max_steps=110)
     assert [lr_at(s, cosine) for s in (0, 4, 9)] == pytest.approx([0.1, 0.5, 1.0])
     assert lr_at(60, cosine) == pytest.approx(0.55) and lr_at(109, cosine) == pytest.approx(0.1, abs=1e-3)
-    wsd = replace(cosine, schedule="wsd", decay_fraction=0.2, max_steps=100)
+    wsd = cosine.model_copy(update={"schedule": "wsd", "decay_fraction": 0.2, "max_steps": 100})
     assert lr_at(50, wsd) == lr_at(79, wsd) == 1.0  # stable until the last 20% of the steps
     assert lr_at(80, wsd) < 1.0 and lr_at(99, wsd) == pytest.approx(0.1)
 
@@ -193,18 +197,18 @@ def test_no_training_tokens_is_a_clear_error(tmp_path: Path) -> None:
     }
     for name, sources in cases.items():
         with pytest.raises(DataError, match="no training tokens"):
-            train(config(tmp_path / "out"), sources)
+            train(*config(tmp_path / "out"), sources)
         assert not (tmp_path / "out").exists(), name
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"\x01\x02\x03")
     with pytest.raises(DataError, match="not a whole number of uint16 tokens"):
-        train(config(tmp_path / "out"), [TokenSource("o", [TokenFile(str(odd))])])
+        train(*config(tmp_path / "out"), [TokenSource("o", [TokenFile(str(odd))])])
 
 
 def test_token_ids_beyond_the_vocabulary_fail_before_training(tmp_path: Path) -> None:
     bad = write_tokens(tmp_path / "wide.bin", pattern_tokens(5_000, high=300), dtype="uint32")
     with pytest.raises(DataError, match=r"vocabulary mismatch: .*wide.bin.* token id 29\d.*vocab_size is 256"):
-        train(config(tmp_path / "out"), [TokenSource("wide", [bad])])
+        train(*config(tmp_path / "out"), [TokenSource("wide", [bad])])
     assert not (tmp_path / "out").exists()
 
 
@@ -217,7 +221,7 @@ def test_train_writes_checkpoints_that_transformers_loads(tmp_path: Path) -> Non
     (tokenizer_dir / "tokenizer.json").write_text("{}")
     reports: list[dict[str, float]] = []
     cfg = config(tmp_path / "run", tokenizer_path=str(tokenizer_dir), eos_token_id=0)
-    result = train(cfg, [source(tmp_path)], progress=reports.append)
+    result = train(*cfg, [source(tmp_path)], progress=reports.append)
 
     assert result.step == 6 and len(result.loss_curve) == 6 and [r["step"] for r in reports] == [1, 2, 3, 4, 5, 6]
     assert result.loss_curve[0] == pytest.approx(math.log(VOCAB), rel=0.1)
@@ -244,7 +248,7 @@ def test_train_writes_checkpoints_that_transformers_loads(tmp_path: Path) -> Non
     assert logits.shape == (1, 3, VOCAB) and torch.isfinite(logits).all()
 
     # Rerunning a finished run is a no-op that reports the same result.
-    again = train(cfg, [source(tmp_path)])
+    again = train(*cfg, [source(tmp_path)])
     assert again.checkpoint == ckpt and again.loss_curve == result.loss_curve and again.resumed_from == ckpt
 
 
@@ -265,9 +269,10 @@ def run_script(spec: Path) -> subprocess.Popen:
     )
 
 
-def write_spec(path: Path, cfg: TrainConfig, sources: list[TokenSource]) -> Path:
+def write_spec(path: Path, cfg: tuple[TrainConfig, RunSpec], sources: list[TokenSource]) -> Path:
     spec = {
-        "config": asdict(cfg),
+        "config": cfg[0].model_dump(),
+        "run": asdict(cfg[1]),
         "sources": [
             {
                 "name": s.name,
@@ -284,8 +289,8 @@ def write_spec(path: Path, cfg: TrainConfig, sources: list[TokenSource]) -> Path
 def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path: Path, one_thread: None) -> None:
     sources = [source(tmp_path, "web"), replace(source(tmp_path, "code", seed=3), weight=0.5)]
     killed_dir = tmp_path / "killed"
-    cfg = config(killed_dir, max_steps=24, checkpoint_every=8, log_every=4, warmup_steps=4)
-    spec = write_spec(tmp_path / "spec.json", cfg, sources)
+    settings, run = config(killed_dir, max_steps=24, checkpoint_every=8, log_every=4, warmup_steps=4)
+    spec = write_spec(tmp_path / "spec.json", (settings, run), sources)
 
     process = run_script(spec)
     deadline = time.monotonic() + 120
@@ -305,7 +310,7 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path: Path, on
     result = json.loads(out.strip().splitlines()[-1])
     assert Path(result["resumed_from"]) == killed_at
 
-    reference = train(replace(cfg, out_dir=str(tmp_path / "reference")), sources)
+    reference = train(settings, replace(run, out_dir=str(tmp_path / "reference")), sources)
     assert result["loss_curve"] == reference.loss_curve  # bit-exact, every step
     assert_same_weights(Path(result["checkpoint"]), reference.checkpoint)
     ref_state = load_trainer_state(reference.checkpoint)["optimizer"]["state"]
@@ -315,14 +320,14 @@ def test_sigkill_then_resume_reproduces_the_uninterrupted_run(tmp_path: Path, on
 
 def test_a_damaged_latest_checkpoint_is_skipped_and_training_redone(tmp_path: Path, caplog) -> None:
     sources = [source(tmp_path)]
-    reference = train(config(tmp_path / "reference"), sources)
+    reference = train(*config(tmp_path / "reference"), sources)
     run_dir = tmp_path / "run"
-    train(config(run_dir), sources)  # checkpoints at steps 3 and 6
+    train(*config(run_dir), sources)  # checkpoints at steps 3 and 6
     damaged = run_dir / "step-000006" / MODEL_FILE
     damaged.write_bytes(damaged.read_bytes()[:1000])
 
     with caplog.at_level(logging.WARNING):
-        result = train(config(run_dir), sources)
+        result = train(*config(run_dir), sources)
     assert "ignoring checkpoint" in caplog.text and "truncated" in caplog.text
     assert result.resumed_from == run_dir / "step-000003"
     assert result.loss_curve == reference.loss_curve
@@ -333,10 +338,10 @@ def test_a_damaged_latest_checkpoint_is_skipped_and_training_redone(tmp_path: Pa
 def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
     sources = [source(tmp_path)]
     run_dir = tmp_path / "run"
-    train(config(run_dir, max_steps=4, checkpoint_every=2), sources)
+    train(*config(run_dir, max_steps=4, checkpoint_every=2), sources)
     good = latest_checkpoint(run_dir)
     with pytest.raises(NonFiniteLossError, match=r"step [56].*last good checkpoint is .*step-000004") as caught:
-        train(config(run_dir, max_steps=8, checkpoint_every=2, lr=float("inf")), sources)
+        train(*config(run_dir, max_steps=8, checkpoint_every=2, lr=float("inf")), sources)
     assert caught.value.last_checkpoint == good
     assert sorted(p.name for p in run_dir.iterdir()) == ["step-000002", "step-000004"]
     assert latest_checkpoint(run_dir) == good
@@ -344,22 +349,22 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> 
 
 def test_resume_refuses_another_model_shape(tmp_path: Path) -> None:
     sources = [source(tmp_path)]
-    train(config(tmp_path / "run", max_steps=2), sources)
+    train(*config(tmp_path / "run", max_steps=2), sources)
     with pytest.raises(CheckpointError, match="another seq_len"):
-        train(config(tmp_path / "run", max_steps=4, seq_len=64), sources)
+        train(*config(tmp_path / "run", max_steps=4, seq_len=64), sources)
 
 
 def test_continue_from_rewarms_the_lr_and_replays_old_data(tmp_path: Path) -> None:
     old = source(tmp_path, "old")
-    parent = train(config(tmp_path / "parent", max_steps=6), [old])
+    parent = train(*config(tmp_path / "parent", max_steps=6), [old])
     new = source(tmp_path, "new", n=30_000)  # a new shard of similar text
     reports: list[dict[str, float]] = []
-    cfg = config(
+    settings, run = config(
         tmp_path / "child", max_steps=4, checkpoint_every=4, warmup_steps=4, continue_from=str(parent.checkpoint)
     )
-    child = train(cfg, with_replay([new], old.files, 0.25), progress=reports.append)
+    child = train(settings, run, with_replay([new], old.files, 0.25), progress=reports.append)
 
-    assert [r["lr"] for r in reports] == pytest.approx([cfg.lr * k / 4 for k in (1, 2, 3, 4)])  # warmup again
+    assert [r["lr"] for r in reports] == pytest.approx([settings.lr * k / 4 for k in (1, 2, 3, 4)])  # warmup again
     assert child.loss_curve[0] < parent.loss_curve[0] - 0.5, "the parent's weights were not loaded"
     manifest = read_manifest(child.checkpoint)
     assert manifest["continued_from"] == {"path": str(parent.checkpoint), "step": 6}
@@ -372,7 +377,7 @@ def test_continue_from_rewarms_the_lr_and_replays_old_data(tmp_path: Path) -> No
     assert load_trainer_state(child.checkpoint)["optimizer"]["state"][0]["step"] == 4  # fresh AdamW
 
     with pytest.raises(CheckpointError, match="another model shape"):
-        train(replace(cfg, out_dir=str(tmp_path / "wide"), vocab_size=512), [new])
+        train(settings, replace(run, out_dir=str(tmp_path / "wide"), vocab_size=512), [new])
 
 
 def test_two_processes_train_data_parallel_over_gloo(tmp_path: Path) -> None:

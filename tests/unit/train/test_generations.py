@@ -1,0 +1,36 @@
+"""The pipeline's choices around a training run, without Dagster: what YAML sets, what shapes the
+checkpoint, and what a continued generation trains on."""
+
+from __future__ import annotations
+
+import pytest
+
+from resources.settings import Settings
+from resources.train.data import TokenFile, TokenSource
+from resources.train.generations import with_seen_replay
+
+
+def test_yaml_sets_every_training_setting_and_speed_knobs_do_not_shape_the_checkpoint() -> None:
+    loop = {"min_lr_ratio": 0.2, "weight_decay": 0.0, "betas": [0.9, 0.99], "grad_clip": 0.5, "precision": "fp32"}
+    config = Settings.model_validate({"training": loop}).training
+    assert (config.min_lr_ratio, config.betas, config.grad_clip, config.precision) == (0.2, (0.9, 0.99), 0.5, "fp32")
+    shaping = config.output_shaping()
+    assert shaping["weight_decay"] == 0.0 and shaping["cooldown_fraction"] == 0.1
+    assert not {"device", "compile", "checkpoint_every", "log_every", "peak_flops"} & shaping.keys()
+    faster = config.model_copy(update={"device": "cuda", "compile": True, "checkpoint_every": 7, "log_every": 1})
+    assert faster.output_shaping() == shaping
+    with pytest.raises(ValueError, match="out_dir"):
+        Settings.model_validate({"training": {"out_dir": "runs/a"}})  # comes from the data, not from YAML
+
+
+def test_a_continued_generation_trains_on_new_shards_plus_replay_of_the_seen_ones() -> None:
+    crawl = TokenSource("crawl", [TokenFile("a.bin", data_version="a"), TokenFile("b.bin", data_version="b")], 0.6)
+    synthetic = TokenSource("synthetic", [TokenFile("s.bin", data_version="s")], 0.4)
+    mixed = with_seen_replay([crawl, synthetic], {"a", "s"}, 0.2)
+    assert [(s.name, [f.path for f in s.files], s.weight) for s in mixed] == [
+        ("crawl", ["b.bin"], pytest.approx(0.8)),
+        ("replay", ["a.bin", "s.bin"], 0.2),
+    ]
+    assert with_seen_replay([crawl, synthetic], {"a", "b", "s"}, 0.2) is None  # nothing new: retrain from scratch
+    fresh = with_seen_replay([crawl], set(), 0.2)  # nothing seen: no replay source
+    assert [(s.name, s.weight) for s in fresh] == [("crawl", 1.0)]
