@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from resources.common.storage import ShardStore
 from resources.evaluate.errors import CheckpointLoadError, EvalSetError, EvaluationError
 from resources.evaluate.lm_eval_tasks import LmEvalSettings
-from resources.filter.quality_classifier import TextSourceError, load_text, split_documents
+from resources.filter.text_sources import TextSourceError, load_text, split_documents
 from resources.rewrite.rewriter import VLLMSettings
 from resources.tokenize.shards import TRAIN, VALIDATION, read_token_shards, split_of
 from resources.tokenize.tokenizer import TokenizerError, TrainedTokenizer, load_tokenizer

@@ -34,7 +34,7 @@ import numpy as np
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from resources.filter.quality_classifier import TextSourceError, read_documents
+from resources.filter.text_sources import TextSourceError, read_documents
 
 MAX_EVAL_SETS = 64  # one bit each in a uint64 mask
 

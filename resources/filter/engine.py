@@ -28,12 +28,14 @@ class DocumentFilter:
         details: list[str | None] = []
         out_texts: list[str] = []
         for text, language, score in zip(texts, languages, scores, strict=True):
-            rule, detail = None, None
-            if not self.language.keep(language, score):
-                rule, detail = "language", f"{language}:{score:.3f}"
+            rule, detail = self.language.rejection(language, score), None
+            if rule is not None:
+                detail = f"{language}:{score:.3f}"
             else:
-                text, rule, detail = self.heuristics.apply(text)
-                if rule is None and self.decontaminator is not None:
+                text, failure = self.heuristics.apply(text)
+                if failure is not None:
+                    rule, detail = failure.key, failure.detail
+                elif self.decontaminator is not None:
                     hit = self.decontaminator.check(text)
                     if hit is not None:
                         rule, detail = "decontamination", f"{hit[0]}:{hit[1]}"

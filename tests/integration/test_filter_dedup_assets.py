@@ -18,7 +18,8 @@ from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
 from resources.dedup.index import EarlierBatchNotDeduplicated
 from resources.filter.decontamination import DecontaminationSettings
-from resources.filter.quality_classifier import QualityModelError, read_documents
+from resources.filter.quality_classifier import QualityModelError
+from resources.filter.text_sources import read_documents
 from resources.settings import PROJECT_ROOT, Settings
 from tests.conftest import chain_settings
 from tests.warc_factory import html_page, response_record, write_warc

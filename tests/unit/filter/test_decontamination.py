@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from resources.filter.decontamination import Contamination, DecontaminationSettings, Decontaminator, words_of
-from resources.filter.quality_classifier import TextSourceError
+from resources.filter.text_sources import TextSourceError
 from tests.conftest import SAMPLE_DIR, SHARED_CORPORA
 from tests.warc_factory import ingest
 
