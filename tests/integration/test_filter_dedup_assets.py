@@ -120,7 +120,7 @@ def test_chain_removes_with_reasons_and_dedups_across_batches(
         ("https://b.example/near", "dedup_near", original),
     ]
     assert 0.7 < float(dedup.filter(pl.col("rule") == "dedup_near").get_column("detail").item()) < 1.0
-    (leak,) = removed(settings, rule="decontamination").rows(named=True)
+    (leak,) = removed(settings, rule="decontamination_ngram_overlap").rows(named=True)
     assert leak["url"] == "https://a.example/leak" and leak["detail"].startswith("wikitext2_valid:")
 
     store = ShardStore(settings.storage.root)

@@ -12,10 +12,12 @@ from pathlib import Path
 
 import fasttext
 import numpy as np
+import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from resources.filter import quality_classifier
+from resources.filter.engine import QualityFilter
 from resources.filter.quality_classifier import (
     QualityClassifier,
     QualityDataError,
@@ -148,6 +150,22 @@ def test_scores_are_probabilities_deterministic_and_batch_independent(
     assert trained.classifier.score([text.replace("\n", "\r\n   ").upper()])[0] == trained.classifier.score([text])[0]
     assert trained.classifier.score([]).shape == (0,)
     assert 0 <= trained.classifier.score([""])[0] <= 1
+
+
+def test_the_scoring_stage_keeps_the_best_and_names_the_rest(
+    trained: TrainedClassifier, wiki_docs: list[str], crawl_texts: list[str]
+) -> None:
+    texts = wiki_docs[:5] + crawl_texts[:5]
+    frame = pl.DataFrame({"doc_id": [str(i) for i in range(10)], "url": "u", "crawl_batch": "b", "text": texts})
+    settings = QualitySettings(reference_files=[str(WIKITEXT)], keep_top_fraction=0.5)
+    kept, removed = QualityFilter(trained.classifier, settings).process(frame)
+    scores = trained.classifier.score(texts)
+    assert kept.get_column("doc_id").to_list() == [str(i) for i in np.flatnonzero(settings.keep_mask(scores))]
+    assert removed.height == 5 and set(removed.get_column("stage")) == {"quality"}
+    assert set(removed.get_column("rule")) == {"quality_low_score"}
+    assert [float(d) for d in removed.get_column("detail")] == [
+        round(float(scores[int(i)]), 4) for i in removed.get_column("doc_id")
+    ]
 
 
 def test_samples_at_most_max_examples_per_class(
