@@ -70,7 +70,7 @@ def decontamination_report(catalog: CatalogResource) -> dg.MaterializeResult:
     examples = lineage.query(
         "SELECT split_part(detail, ':', 1) AS eval_set, url, doc_id, crawl_batch,"
         " CAST(split_part(detail, ':', 2) AS BIGINT) AS matched_ngrams FROM removed"
-        " WHERE rule = 'decontamination' ORDER BY matched_ngrams DESC, url LIMIT 50"
+        " WHERE rule = 'decontamination_ngram_overlap' ORDER BY matched_ngrams DESC, url LIMIT 50"
     )
     return dg.MaterializeResult(
         data_version=dg.DataVersion(stable_hash(examples.rows() + by_set.rows())[:32]),

@@ -116,7 +116,7 @@ def demo_checkpoint() -> Path | None:
 def build_checkpoint(workdir: Path, steps: int) -> Path:
     """A tiny checkpoint of our own training loop: a byte-level BPE of 1024 and the tiny preset,
     trained `steps` steps on the reference WikiText text."""
-    from resources.filter.quality_classifier import read_documents
+    from resources.filter.text_sources import read_documents
     from resources.llm.tiny_model import train_tiny_checkpoint
 
     texts = read_documents(str(BUILD_TEXT))

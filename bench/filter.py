@@ -44,8 +44,9 @@ sys.path.insert(0, str(ROOT))
 import polars as pl  # noqa: E402
 
 from resources.common.storage import ShardInfo  # noqa: E402
-from resources.filter.heuristics import RULES, DocView, HeuristicFilter, HeuristicSettings, split_words  # noqa: E402
+from resources.filter.heuristics import RULES, HeuristicFilter, HeuristicSettings  # noqa: E402
 from resources.filter.language_id import LanguageIdentifier, LanguageSettings  # noqa: E402
+from resources.filter.text_units import DocView, split_words  # noqa: E402
 from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
 
@@ -54,43 +55,20 @@ DEFAULT_REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_datatrove_filter.py"
 STEPS = ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb")
 
-# datatrove's drop reasons, named as the check our detail starts with
-REASONS = {
-    "dup_para_frac": "dup_para_frac",
-    "dup_para_char_frac": "dup_para_char_frac",
-    "dup_line_frac": "dup_line_frac",
-    "dup_line_char_frac": "dup_line_char_frac",
-    **{f"top_{n}_gram": f"top_{n}_gram_char_frac" for n in range(1, 11)},
-    **{f"duplicated_{n}_n_grams": f"dup_{n}_gram_char_frac" for n in range(1, 11)},
-    "gopher_short_doc": "words<",
-    "gopher_long_doc": "words>",
-    "gopher_below_avg_threshold": "mean_word_length<",
-    "gopher_above_avg_threshold": "mean_word_length>",
-    "gopher_too_many_hashes": "hash_word_ratio",
-    "gopher_too_many_ellipsis": "ellipsis_word_ratio",
-    "gopher_too_many_bullets": "bullet_lines_ratio",
-    "gopher_too_many_end_ellipsis": "ellipsis_lines_ratio",
-    "gopher_below_alpha_threshold": "alpha_words_ratio",
-    "gopher_enough_stop_words": "stop_words",
-    "too_few_sentences": "sentences",
-    "char_dup_ratio": "char_dup_ratio",
-}
+# Our removal keys are datatrove's drop reasons: its Gopher quality reasons as they are, the
+# other filters' with the family in front ("top_2_gram" -> "gopher_top_2_gram").
+KEY_PREFIX = {"gopher_repetition": "gopher_", "gopher_quality": "", "c4": "c4_", "fineweb": "fineweb_"}
 
 
-def check_of(detail: str | None) -> str | None:
-    """The check a detail names: "dup_line_frac=0.41>0.3" -> "dup_line_frac"; word-count and
-    word-length bounds keep their direction ("words<"), as datatrove's reasons do."""
-    if detail is None:
-        return None
-    name = detail.split("=", 1)[0]
-    if name in ("words", "mean_word_length"):
-        return name + (">" if ">" in detail else "<")
-    return name
+def key_of(step: str, reason: str | None) -> str | None:
+    """Our removal key for the reason datatrove's filter `step` gave."""
+    return None if reason is None else KEY_PREFIX[step] + reason
 
 
 @dataclass
 class Side:
-    """One system's decisions: per step, keep flags and reasons, and the best seconds."""
+    """One system's decisions: per step, keep flags and reasons (ours: removal key and detail),
+    and the best seconds."""
 
     name: str
     seconds: dict[str, float] = field(default_factory=dict)
@@ -98,7 +76,6 @@ class Side:
     reason: dict[str, list[str | None]] = field(default_factory=dict)
     c4_text: list[str | None] = field(default_factory=list)
     chain_failed: list[str | None] = field(default_factory=list)
-    chain_reason: list[str | None] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -130,13 +107,13 @@ def run_ours(texts: list[str], language: LanguageSettings, repeats: int) -> Side
     identifier = LanguageIdentifier(language)
     heuristics = HeuristicSettings()
 
-    def language_pass() -> tuple[list[str], list[float], list[bool]]:
+    def language_pass() -> tuple[list[str], list[float], list[str | None]]:
         labels, scores = identifier.predict(texts)
-        return labels, scores, [identifier.keep(lab, s) for lab, s in zip(labels, scores, strict=True)]
+        return labels, scores, [identifier.rejection(lab, s) for lab, s in zip(labels, scores, strict=True)]
 
-    seconds, (labels, scores, keeps) = _best_of(repeats, language_pass)
-    side.seconds["language"], side.keep["language"] = seconds, keeps
-    side.reason["language"] = [None if k else f"{lab}:{s:.3f}" for lab, s, k in zip(labels, scores, keeps, strict=True)]
+    seconds, (labels, scores, keys) = _best_of(repeats, language_pass)
+    side.seconds["language"], side.keep["language"] = seconds, [key is None for key in keys]
+    side.reason["language"] = [key and f"{key} {lab}:{s:.3f}" for key, lab, s in zip(keys, labels, scores, strict=True)]
     side.extra.update(language=labels, score=scores)
 
     for name in STEPS[1:]:
@@ -149,26 +126,24 @@ def run_ours(texts: list[str], language: LanguageSettings, repeats: int) -> Side
         seconds, (failures, after) = _best_of(repeats, rule_pass)
         side.seconds[name] = seconds
         side.keep[name] = [f is None for f in failures]
-        side.reason[name] = [f[1] if f else None for f in failures]
+        side.reason[name] = [f and f"{f.key} {f.detail}" for f in failures]
         if name == "c4":
             side.c4_text = [text if f is None else None for f, text in zip(failures, after, strict=True)]
 
     chain = HeuristicFilter(heuristics)
 
-    def chain_pass() -> list[tuple[str | None, str | None]]:
+    def chain_pass() -> list[str | None]:
         labels, scores = identifier.predict(texts)
-        failed: list[tuple[str | None, str | None]] = []
+        failed: list[str | None] = []
         for text, lab, score in zip(texts, labels, scores, strict=True):
             if not identifier.keep(lab, score):
-                failed.append(("language", f"{lab}:{score:.3f}"))
+                failed.append("language")
                 continue
-            _, rule_name, detail = chain.apply(text)
-            failed.append((rule_name, detail or None))
+            failure = chain.apply(text)[1]
+            failed.append(failure and failure.rule)
         return failed
 
-    side.seconds["chain"], failed = _best_of(repeats, chain_pass)
-    side.chain_failed = [f[0] for f in failed]
-    side.chain_reason = [f[1] for f in failed]
+    side.seconds["chain"], side.chain_failed = _best_of(repeats, chain_pass)
     side.extra["words"] = [len(split_words(text)) for text in texts]
     return side
 
@@ -188,7 +163,6 @@ def run_reference(python: Path, documents: Path, language: LanguageSettings, mod
     side.c4_text = report["rules"]["c4"]["text"]
     side.seconds["chain"] = report["chain"]["seconds"]
     side.chain_failed = [failed for failed, _ in report["chain"]["failed"]]
-    side.chain_reason = [reason for _, reason in report["chain"]["failed"]]
     side.extra.update(
         language=report["rules"]["language"]["language"],
         score=report["rules"]["language"]["score"],
@@ -231,10 +205,10 @@ def agreement(ours: list[bool], theirs: list[bool]) -> Agreement:
     return result
 
 
-def _same_check(ours: list[str | None], theirs: list[str | None], dropped_by_both: list[int]) -> str:
+def _same_check(step: str, ours: list[str | None], theirs: list[str | None], dropped_by_both: list[int]) -> str:
     if not dropped_by_both:
         return "-"
-    same = sum(check_of(ours[i]) == REASONS.get(theirs[i] or "", theirs[i]) for i in dropped_by_both)
+    same = sum((ours[i] or "").split()[0] == key_of(step, theirs[i]) for i in dropped_by_both)
     return f"{same / len(dropped_by_both):.1%}"
 
 
@@ -262,7 +236,7 @@ def table(ours: Side, reference: Side | None, n_docs: int) -> tuple[str, dict[st
             both = [
                 i for i, (a, b) in enumerate(zip(ours.keep[name], reference.keep[name], strict=True)) if not (a or b)
             ]
-            same = "-" if name == "language" else _same_check(ours.reason[name], reference.reason[name], both)
+            same = "-" if name == "language" else _same_check(name, ours.reason[name], reference.reason[name], both)
         lines.append(
             f"{name:<18} {mine:>11.1f} {theirs:>10.1f} {mine / theirs:>7.1f}x {agree.rate:>7.1%}"
             f" {agree.both_keep:>9} {agree.both_drop:>9} {agree.only_ours_drops:>15} {agree.only_datatrove_drops:>13}"

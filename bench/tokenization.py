@@ -55,7 +55,7 @@ sys.path.insert(0, str(ROOT))
 import polars as pl  # noqa: E402
 
 from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
-from resources.filter.quality_classifier import read_documents  # noqa: E402
+from resources.filter.text_sources import read_documents  # noqa: E402
 from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
 from resources.tokenize.shards import TokenShardSettings, tokenize_partition  # noqa: E402

@@ -16,9 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from resources.dedup.settings import DedupStageSettings
 from resources.evaluate.scoring import EvaluationSettings
 from resources.filter.decontamination import DecontaminationSettings
-from resources.filter.heuristics import HeuristicSettings
-from resources.filter.language_id import LanguageSettings
-from resources.filter.quality_classifier import QualitySettings
+from resources.filter.engine import FilterSettings, QualityStageSettings
 from resources.ingest.engine import IngestSettings
 from resources.ingest.sources import SourceSettings
 from resources.rewrite.rewriter import RewriteSettings
@@ -44,27 +42,8 @@ class CatalogSettings(_Section):
     path: str = ".data/catalog.duckdb"
 
 
-class FilterSettings(_Section):
-    language: LanguageSettings = Field(default_factory=LanguageSettings)
-    heuristics: HeuristicSettings = Field(default_factory=HeuristicSettings)
-    keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
-
-
-def _default_quality() -> QualitySettings:
-    return QualitySettings(reference_files=["data/reference/wikitext2_reference.txt"], keep_top_fraction=0.8)
-
-
 def _default_decontamination() -> DecontaminationSettings:
     return DecontaminationSettings(eval_sets={"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"})
-
-
-class QualityStageSettings(_Section):
-    classifier: QualitySettings = Field(default_factory=_default_quality)
-    negatives_per_partition: int = Field(default=5_000, ge=1, description="crawl documents sampled as negatives")
-    retrain_on_new_data: bool = Field(
-        default=False, description="off: trained once; new crawl batches are scored by the same model"
-    )
-    keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
 
 
 

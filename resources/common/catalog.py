@@ -144,7 +144,7 @@ class LineageCatalog:
         return self.query(
             "SELECT split_part(detail, ':', 1) AS eval_set, crawl_batch, count(*) AS removed,"
             " sum(CAST(split_part(detail, ':', 2) AS BIGINT)) AS matched_ngrams FROM removed"
-            " WHERE rule = 'decontamination' GROUP BY ALL ORDER BY eval_set, crawl_batch"
+            " WHERE rule = 'decontamination_ngram_overlap' GROUP BY ALL ORDER BY eval_set, crawl_batch"
         )
 
     def find_url(self, url: str) -> pl.DataFrame:

@@ -7,13 +7,23 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
-from resources.common.storage import UNPARTITIONED, Manifest, ShardInfo, stable_hash
+from resources.common.storage import UNPARTITIONED, Manifest, ShardInfo, sha256_bytes, stable_hash
 
 
 def config_hash(shaping: Mapping[str, object]) -> str:
     return stable_hash(dict(shaping))[:12]
+
+
+def file_digest(path: str) -> str | None:
+    """A local input file by content, for the settings that name it (eval sets, reference text, a
+    model): the first 16 hex digits of its sha256; None for a URL or a file that is missing."""
+    try:
+        return sha256_bytes(Path(path).read_bytes())[:16]
+    except OSError:
+        return None
 
 
 def code_version(logic_version: str, shaping: Mapping[str, object]) -> str:

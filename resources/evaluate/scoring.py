@@ -17,7 +17,6 @@ smoothed): a model that does not beat it has learned nothing beyond token counts
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -31,9 +30,10 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.common.storage import ShardStore
+from resources.common.versioning import file_digest
 from resources.evaluate.errors import CheckpointLoadError, EvalSetError, EvaluationError
 from resources.evaluate.lm_eval_tasks import LmEvalSettings
-from resources.filter.quality_classifier import TextSourceError, load_text, split_documents
+from resources.filter.text_sources import TextSourceError, load_text, split_documents
 from resources.llm.backend import GenerationRequest, Sampling
 from resources.llm.model import inspect_model
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
@@ -109,19 +109,11 @@ class EvaluationSettings(_Section):
                 "generation": {"vllm": True},
             }
         )
-        shaping["eval_sets"] = {
-            name: {"encoding": spec.encoding, "content": _fingerprint(spec.path)} for name, spec in self.specs().items()
+        shaping["eval_sets"] = {  # a remote or missing set by its path (a missing one fails when the asset runs)
+            name: {"encoding": spec.encoding, "content": file_digest(spec.path) or spec.path}
+            for name, spec in self.specs().items()
         }
         return shaping
-
-
-def _fingerprint(path: str) -> str:
-    """sha256 of a local file (eval sets are small); a remote or missing one by its path (a
-    missing set fails with a clear error when the asset runs, not when definitions load)."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
-    except OSError:
-        return path
 
 
 @dataclass(frozen=True)

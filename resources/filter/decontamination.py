@@ -20,6 +20,8 @@ and every distinct hash carries a bitmask of the evaluation sets it occurs in. T
 `min_words`..`ngram`-1 words used by short documents: about 9 x (ngram - min_words + 1)
 bytes per evaluation word (9 MB for WikiText-2 valid). `min_words = ngram` turns whole-
 sequence matching off and keeps only the n-gram table.
+
+Removal key: `decontamination_ngram_overlap`, with detail "<eval set>:<matches>".
 """
 
 from __future__ import annotations
@@ -28,15 +30,17 @@ import re
 import unicodedata
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from resources.filter.quality_classifier import TextSourceError, read_documents
+from resources.filter.text_sources import TextSourceError, read_documents
 
 MAX_EVAL_SETS = 64  # one bit each in a uint64 mask
+OVERLAP = "decontamination_ngram_overlap"
 
 
 class DecontaminationSettings(BaseModel):
@@ -58,6 +62,14 @@ class DecontaminationSettings(BaseModel):
         if any(not name.strip() for name in self.eval_sets):
             raise ValueError("eval set names cannot be blank")
         return self
+
+    def eval_set_files(self) -> list[str]:
+        """The eval sets' paths, refusing a missing local one: the sets are read only when the stage
+        runs, and a typo should not cost a run."""
+        for name, path in self.eval_sets.items():
+            if "://" not in path and not Path(path).is_file():
+                raise TextSourceError(f"eval set {name!r} not found: {path}")
+        return list(self.eval_sets.values())
 
 
 class Contamination(NamedTuple):

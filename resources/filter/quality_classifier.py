@@ -2,10 +2,9 @@
 
 Positives are documents from a configured reference set (WikiText, a curated jsonl, ...),
 negatives are documents sampled from the crawl itself; the score of a document is the
-classifier's probability of the positive label. Also here: reading reference and evaluation
-text files (shared with `resources.filter.decontamination`), and a structural check of fastText
-model files, because fastText itself crashes (SIGFPE), loops forever or silently builds a
-broken model on a truncated file instead of raising.
+classifier's probability of the positive label. Reference files are read by
+`resources.filter.text_sources`; model files are checked by `resources.filter.fasttext_file`
+before fastText loads them.
 
 Determinism: fastText trains with lock-free (Hogwild) SGD, so only `threads=1` gives the same
 model bytes, hence the same `model_version`, for the same data and seed. That is the default:
@@ -16,15 +15,12 @@ everything downstream of the scores stale. Scoring is deterministic whatever the
 
 from __future__ import annotations
 
-import codecs
 import hashlib
 import json
 import math
-import mmap
 import os
 import random
 import re
-import struct
 import subprocess
 import sys
 import tempfile
@@ -32,19 +28,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import fasttext
-import fsspec
 import numpy as np
-from fsspec.utils import infer_compression
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from resources.filter.fasttext_file import check_fasttext_file
+from resources.filter.text_sources import read_documents
+
 LABEL_PREFIX = "__label__"
-
-
-class TextSourceError(ValueError):
-    """A reference or evaluation text file is missing, empty or malformed."""
 
 
 class QualityDataError(ValueError):
@@ -114,135 +107,6 @@ class QualitySettings(BaseModel):
         mask = np.zeros(len(scores), dtype=bool)
         mask[np.argsort(-scores, kind="stable")[:keep]] = True
         return mask
-
-
-# -- reference and evaluation text files ------------------------------------------------------
-
-# WikiText headings: " = Title = ", " = = Section = = ", ...
-_WIKITEXT_HEADING = re.compile(r"^ *(=(?: =)*) (.+?) \1 *$")
-# WikiText's escapes inside numbers and compounds ("1 @,@ 000", "state @-@ of"), and its OOV marker.
-_WIKITEXT_ESCAPE = re.compile(r" @([-,.])@ ")
-_WIKITEXT_UNK = re.compile(r"<unk> ?")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson")
-
-
-_BOMS = (  # UTF-32 first: its little-endian BOM begins with UTF-16's
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF8, "utf-8-sig"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
-
-
-def detect_encoding(data: bytes) -> str:
-    """A byte-order mark decides; else UTF-16 without one when every other byte is NUL (text
-    exported from Windows tools); else UTF-8 when it decodes; else cp1252, else latin-1, which
-    decodes any byte, so an odd single-byte encoding costs accents, never a crash."""
-    for bom, encoding in _BOMS:
-        if data.startswith(bom):
-            return encoding
-    sample = data[:4096]
-    if len(sample) >= 4 and len(sample) % 2 == 0:
-        if sample[1::2].count(0) > 0.9 * len(sample) / 2:
-            return "utf-16-le"
-        if sample[0::2].count(0) > 0.9 * len(sample) / 2:
-            return "utf-16-be"
-    for encoding in ("utf-8", "cp1252"):
-        try:
-            data.decode(encoding)
-            return encoding
-        except UnicodeDecodeError:
-            continue
-    return "latin-1"
-
-
-def load_text(path: str, *, what: str = "reference file", encoding: str | None = None) -> tuple[str, str]:
-    """A text file's content and the encoding it was read with (`encoding`, or detected).
-    Local path or fsspec URL; .gz, .bz2, .xz are read decompressed."""
-    try:
-        with fsspec.open(path, "rb", compression="infer") as stream:
-            data = stream.read()
-    except FileNotFoundError as exc:
-        raise TextSourceError(f"{what} not found: {path}") from exc
-    except OSError as exc:
-        raise TextSourceError(f"{what} cannot be read: {path}: {exc}") from exc
-    encoding = encoding or detect_encoding(data)
-    try:
-        return data.decode(encoding), encoding
-    except (UnicodeDecodeError, LookupError) as exc:
-        raise TextSourceError(f"{what} {path} cannot be decoded as {encoding}: {exc}") from exc
-
-
-def read_documents(path: str, *, what: str = "reference file", encoding: str | None = None) -> list[str]:
-    """The documents of a text or jsonl file (see `load_text`).
-
-    - `*.jsonl` / `*.ndjson`: one JSON object per line, its `text` field a document.
-    - WikiText (lines like ` = Title = `): one document per section, its heading as the first
-      line; `@-@`-style escapes are undone and `<unk>` markers dropped, so the model does not
-      learn WikiText's markup as "quality".
-    - any other text: documents separated by blank lines.
-
-    Files are read whole: reference and evaluation sets are small. `what` names the file's role
-    in error messages (e.g. "eval set 'wikitext'").
-    """
-    text, _ = load_text(path, what=what, encoding=encoding)
-    return split_documents(text, path, what=what)
-
-
-def split_documents(text: str, path: str, *, what: str = "reference file") -> list[str]:
-    name = path.rsplit(".", 1)[0] if infer_compression(path) else path
-    documents = _jsonl_documents(text, path, what) if name.endswith(_JSONL_SUFFIXES) else _text_documents(text)
-    documents = [d for d in documents if d.strip()]
-    if not documents:
-        raise TextSourceError(f"{what} is empty (no documents): {path}")
-    return documents
-
-
-def _jsonl_documents(text: str, path: str, what: str) -> list[str]:
-    documents = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise TextSourceError(f"{what} {path} line {number}: not JSON ({exc})") from exc
-        value = record.get("text") if isinstance(record, dict) else None
-        if not isinstance(value, str):
-            raise TextSourceError(f"{what} {path} line {number}: no string field 'text'")
-        documents.append(value)
-    return documents
-
-
-def _text_documents(text: str) -> list[str]:
-    lines = text.splitlines()
-    if any(_WIKITEXT_HEADING.match(line) for line in lines):
-        return _wikitext_sections(lines)
-    return [block.strip() for block in re.split(r"\n[ \t]*\n", "\n".join(lines))]
-
-
-def _wikitext_sections(lines: list[str]) -> list[str]:
-    """One document per section; a heading directly followed by a subheading has no body
-    and yields none."""
-    documents: list[str] = []
-    heading: list[str] = []  # empty before the first heading
-    body: list[str] = []
-    for line in lines:
-        match = _WIKITEXT_HEADING.match(line)
-        if match:
-            if body:
-                documents.append("\n".join(heading + body))
-            heading, body = [_unescape_wikitext(match.group(2))], []
-        elif line.strip():
-            body.append(_unescape_wikitext(line))
-    if body:
-        documents.append("\n".join(heading + body))
-    return documents
-
-
-def _unescape_wikitext(line: str) -> str:
-    return _WIKITEXT_UNK.sub("", _WIKITEXT_ESCAPE.sub(r"\1", line)).strip()
 
 
 # -- preprocessing ----------------------------------------------------------------------------
@@ -501,101 +365,3 @@ def file_version(path: Path) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:16]
-
-
-# -- fastText model files ---------------------------------------------------------------------
-
-_MAGIC = 793712314
-_SUPERVISED = 3  # fastText's model_name enum: cbow = 1, sg, sup
-_HEADER = struct.Struct("<ii")  # magic, version
-_ARGS = struct.Struct("<12id")  # dim ws epoch minCount neg wordNgrams loss model bucket minn maxn lrUpdateRate, t
-_DICTIONARY = struct.Struct("<iiiqq")  # size nwords nlabels ntokens pruneidx_size
-_ENTRY_TAIL = 9  # after each NUL-terminated word: count (int64), type (int8; 1 = label)
-_FLAG = struct.Struct("<?")
-_DENSE = struct.Struct("<qq")  # rows, columns; then float32 data
-_QUANT = struct.Struct("<?qqi")  # qnorm, rows, columns, codesize; then codes, a product quantizer
-_QUANTIZER = struct.Struct("<iiii")  # dim nsubq dsub lastdsub; then dim * 256 float32 centroids
-
-
-class _Cursor:
-    """Reads a memory-mapped model file front to back, refusing to run past its end."""
-
-    def __init__(self, data: mmap.mmap) -> None:
-        self.data = data
-        self.pos = 0
-
-    def take(self, layout: struct.Struct) -> tuple[Any, ...]:
-        self.skip(layout.size)
-        return layout.unpack_from(self.data, self.pos - layout.size)
-
-    def skip(self, size: int) -> None:
-        if size < 0 or self.pos + size > len(self.data):
-            needed = self.pos + max(size, 1)
-            raise ValueError(f"truncated or corrupt fastText file (needs {needed} bytes, has {len(self.data)})")
-        self.pos += size
-
-    def word(self) -> bytes:
-        end = self.data.find(b"\0", self.pos)
-        if end < 0:
-            raise ValueError("truncated fastText file (inside the dictionary)")
-        word = self.data[self.pos : end]
-        self.pos = end + 1
-        return word
-
-
-def check_fasttext_file(path: Path) -> list[str]:
-    """Walk a fastText 0.9 model file (.bin, or .ftz quantized) the way fastText loads it and
-    return its labels; raise ValueError unless every section is present and consistent and the
-    file ends exactly where the last matrix does."""
-    size = path.stat().st_size
-    if size < _HEADER.size:
-        raise ValueError(f"not a fastText model ({size} bytes)")
-    with path.open("rb") as stream, mmap.mmap(stream.fileno(), 0, access=mmap.ACCESS_READ) as data:
-        cursor = _Cursor(data)
-        magic, version = cursor.take(_HEADER)
-        if magic != _MAGIC:
-            raise ValueError("not a fastText model (wrong magic number)")
-        if version not in (11, 12):
-            raise ValueError(f"unsupported fastText file version {version}")
-        dim, *_, model, bucket, _minn, _maxn, _rate, _t = cursor.take(_ARGS)
-        if model != _SUPERVISED:
-            raise ValueError("not a supervised (classifier) fastText model")
-        if dim <= 0 or bucket < 0:
-            raise ValueError(f"corrupt fastText header (dim {dim}, bucket {bucket})")
-        entries, words, labels, _tokens, pruned = cursor.take(_DICTIONARY)
-        if words < 0 or labels <= 0 or entries != words + labels:
-            raise ValueError(f"corrupt fastText dictionary header ({entries} entries, {words} words, {labels} labels)")
-        names = []
-        for index in range(entries):
-            name = cursor.word()
-            cursor.skip(_ENTRY_TAIL)
-            if index >= words:
-                names.append(name.decode("utf-8", "replace"))
-        cursor.skip(8 * max(pruned, 0))
-        (quantized,) = cursor.take(_FLAG)
-        _matrix(cursor, quantized, rows=None, columns=dim)
-        (quantized_output,) = cursor.take(_FLAG)
-        _matrix(cursor, quantized and quantized_output, rows=labels, columns=dim)
-        if cursor.pos != size:
-            raise ValueError(f"corrupt fastText file ({size - cursor.pos} unexpected bytes after the model)")
-    return names
-
-
-def _matrix(cursor: _Cursor, quantized: bool, rows: int | None, columns: int) -> None:
-    if quantized:
-        qnorm, m, n, codesize = cursor.take(_QUANT)
-        cursor.skip(codesize)
-        _quantizer(cursor)
-        if qnorm:
-            cursor.skip(m)
-            _quantizer(cursor)
-    else:
-        m, n = cursor.take(_DENSE)
-        cursor.skip(4 * m * n if m >= 0 and n >= 0 else -1)
-    if n != columns or (rows is not None and m != rows):
-        raise ValueError(f"corrupt fastText matrix ({m} x {n}, expected {rows or 'any'} x {columns})")
-
-
-def _quantizer(cursor: _Cursor) -> None:
-    dim, *_ = cursor.take(_QUANTIZER)
-    cursor.skip(4 * 256 * dim if dim >= 0 else -1)

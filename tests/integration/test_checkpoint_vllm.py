@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.filter.quality_classifier import read_documents
+from resources.filter.text_sources import read_documents
 from resources.llm.tiny_model import train_tiny_checkpoint
 from resources.settings import PROJECT_ROOT
 

@@ -18,7 +18,8 @@ from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
 from resources.dedup.index import EarlierBatchNotDeduplicated
 from resources.filter.decontamination import DecontaminationSettings
-from resources.filter.quality_classifier import QualityModelError, read_documents
+from resources.filter.quality_classifier import QualityModelError
+from resources.filter.text_sources import read_documents
 from resources.settings import PROJECT_ROOT, Settings
 from tests.conftest import chain_settings
 from tests.warc_factory import html_page, response_record, write_warc
@@ -119,7 +120,7 @@ def test_chain_removes_with_reasons_and_dedups_across_batches(
         ("https://b.example/near", "dedup_near", original),
     ]
     assert 0.7 < float(dedup.filter(pl.col("rule") == "dedup_near").get_column("detail").item()) < 1.0
-    (leak,) = removed(settings, rule="decontamination").rows(named=True)
+    (leak,) = removed(settings, rule="decontamination_ngram_overlap").rows(named=True)
     assert leak["url"] == "https://a.example/leak" and leak["detail"].startswith("wikitext2_valid:")
 
     store = ShardStore(settings.storage.root)

@@ -36,7 +36,7 @@ from resources.evaluate.scoring import (
     token_counts,
     unigram_log2_probs,
 )
-from resources.filter.quality_classifier import read_documents
+from resources.filter.text_sources import read_documents
 from resources.llm.tiny_model import train_tiny_checkpoint
 from resources.settings import PROJECT_ROOT
 from resources.tokenize.tokenizer import TrainedTokenizer

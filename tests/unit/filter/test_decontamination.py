@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from resources.filter.decontamination import Contamination, DecontaminationSettings, Decontaminator, words_of
-from resources.filter.quality_classifier import TextSourceError
+from resources.filter.text_sources import TextSourceError
 from tests.conftest import SAMPLE_DIR, SHARED_CORPORA
 from tests.warc_factory import ingest
 
@@ -125,8 +125,13 @@ def test_latin1_eval_file_is_decoded(tmp_path: Path) -> None:
 
 def test_missing_or_empty_eval_set_is_named(tmp_path: Path) -> None:
     missing = tmp_path / "gone.txt"
+    settings = DecontaminationSettings(eval_sets={"wikitext-2": str(WIKITEXT), "gone": str(missing)})
     with pytest.raises(TextSourceError, match=rf"eval set 'gone' not found: {missing}"):
-        Decontaminator(DecontaminationSettings(eval_sets={"wikitext-2": str(WIKITEXT), "gone": str(missing)}))
+        Decontaminator(settings)
+    with pytest.raises(TextSourceError, match=rf"eval set 'gone' not found: {missing}"):
+        settings.eval_set_files()  # checked when the code location loads, before any set is read
+    remote = DecontaminationSettings(eval_sets={"remote": "s3://bucket/eval.txt"})
+    assert remote.eval_set_files() == ["s3://bucket/eval.txt"]  # read (and refused if missing) when run
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(TextSourceError, match=rf"eval set 'hollow' is empty \(no documents\): {empty}"):

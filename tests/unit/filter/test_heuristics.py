@@ -15,21 +15,12 @@ import pytest
 from pydantic import ValidationError
 
 from resources.common.storage import ShardInfo
-from resources.filter.heuristics import (
-    C4Lines,
-    C4Settings,
-    DocView,
-    FineWebQuality,
-    FineWebSettings,
-    GopherQuality,
-    GopherQualitySettings,
-    GopherRepetition,
-    GopherRepetitionSettings,
-    HeuristicFilter,
-    HeuristicSettings,
-    count_sentences,
-    split_words,
-)
+from resources.filter.c4 import C4Lines, C4Settings
+from resources.filter.fineweb import FineWebQuality, FineWebSettings
+from resources.filter.gopher import GopherQuality, GopherQualitySettings, GopherRepetition, GopherRepetitionSettings
+from resources.filter.heuristics import HeuristicFilter, HeuristicSettings
+from resources.filter.rules import Failure
+from resources.filter.text_units import DocView, count_sentences, split_words
 from resources.ingest.engine import ingest_files
 from resources.settings import IngestSettings
 
@@ -104,7 +95,7 @@ REPETITION_OFF: dict[str, object] = {
 }
 
 
-def repetition(text: str, **checks: object) -> tuple[str, str] | None:
+def repetition(text: str, **checks: object) -> Failure | None:
     """One repetition check alone (all others off)."""
     return GopherRepetition(GopherRepetitionSettings(**{**REPETITION_OFF, **checks}))(DocView(text))
 
@@ -113,33 +104,45 @@ LONG_PARAGRAPH = "This paragraph is long enough to weigh a lot in the character 
 
 
 @pytest.mark.parametrize(
-    ("text", "checks", "detail"),
+    ("text", "checks", "key", "detail"),
     [
         (
             "\n\n".join(["Same words here."] * 3 + ["Other one.", "Third."]),
             {"dup_para_frac": 0.3},
+            "gopher_dup_para_frac",
             "dup_para_frac=0.4>0.3",
         ),
-        ("\n\n".join(["Same words here."] * 2 + ["Other one.", "Third.", "Four."]), {"dup_para_frac": 0.3}, None),
+        ("\n\n".join(["Same words here."] * 2 + ["Other one.", "Third.", "Four."]), {"dup_para_frac": 0.3}, None, None),
         (
             "\n".join(["Same words here."] * 3 + ["Other one.", "Third."]),
             {"dup_line_frac": 0.3},
+            "gopher_dup_line_frac",
             "dup_line_frac=0.4>0.3",
         ),
-        ("\n".join(["Same words here."] * 2 + ["Other one.", "Third.", "Four."]), {"dup_line_frac": 0.3}, None),
-        ("the cat sat on the mat and the cat ran to the cat house", {"top_n_grams": {2: 0.2}}, "top_2_gram_char_frac"),
-        (PROSE, {"top_n_grams": {2: 0.2, 3: 0.18, 4: 0.16}}, None),
-        ("one two three four five six " * 3 + "end", {"dup_n_grams": {5: 0.15}}, "dup_5_gram_char_frac"),
-        (PROSE, {"dup_n_grams": {5: 0.15, 10: 0.1}}, None),
+        ("\n".join(["Same words here."] * 2 + ["Other one.", "Third.", "Four."]), {"dup_line_frac": 0.3}, None, None),
+        (
+            "the cat sat on the mat and the cat ran to the cat house",
+            {"top_n_grams": {2: 0.2}},
+            "gopher_top_2_gram",
+            "top_2_gram_char_frac",
+        ),
+        (PROSE, {"top_n_grams": {2: 0.2, 3: 0.18, 4: 0.16}}, None, None),
+        (
+            "one two three four five six " * 3 + "end",
+            {"dup_n_grams": {5: 0.15}},
+            "gopher_duplicated_5_n_grams",
+            "dup_5_gram_char_frac",
+        ),
+        (PROSE, {"dup_n_grams": {5: 0.15, 10: 0.1}}, None, None),
     ],
 )
-def test_repetition_counts(text: str, checks: dict[str, object], detail: str | None) -> None:
+def test_repetition_counts(text: str, checks: dict[str, object], key: str | None, detail: str | None) -> None:
     failure = repetition(text, **checks)
     if detail is None:
         assert failure is None
     else:
-        assert failure is not None and failure[0] == "gopher_repetition"
-        assert failure[1].startswith(detail)
+        assert failure is not None and failure[:2] == ("gopher_repetition", key)
+        assert failure.detail.startswith(detail)
 
 
 @pytest.mark.parametrize("separator", ["\n\n", "\n"])
@@ -149,7 +152,7 @@ def test_repeated_long_block_trips_the_character_fraction(separator: str) -> Non
     check = "dup_para_char_frac" if separator == "\n\n" else "dup_line_char_frac"
     assert repetition(text, **{check.replace("char_", ""): 0.3}) is None
     failure = repetition(text, **{check: 0.2})
-    assert failure is not None and failure[1].startswith(check + "=0.4")
+    assert failure is not None and failure.key == "gopher_" + check and failure.detail.startswith(check + "=0.4")
 
 
 def _plain_repetition(text: str, words: list[str]) -> dict[str, float]:
@@ -191,14 +194,17 @@ def test_repetition_measures_equal_the_definitions_on_real_pages(sample_texts: l
     for text in sample_texts[:40]:
         expected = _plain_repetition(text, split_words(text))
         for name, value in expected.items():
+            n = name.split("_")[1]
             if name.startswith("top_"):
-                checks: dict[str, object] = {"top_n_grams": {int(name.split("_")[1]): -1.0}}
+                checks: dict[str, object] = {"top_n_grams": {int(n): -1.0}}
+                key = f"gopher_top_{n}_gram"
             elif name.endswith("_gram_char_frac"):
-                checks = {"dup_n_grams": {int(name.split("_")[1]): -1.0}}
+                checks = {"dup_n_grams": {int(n): -1.0}}
+                key = f"gopher_duplicated_{n}_n_grams"
             else:
-                checks = {name: -1.0}
+                checks, key = {name: -1.0}, f"gopher_{name}"
             failure = repetition(text, **checks)
-            assert failure == ("gopher_repetition", f"{name}={value:.4g}>-1"), name
+            assert failure == ("gopher_repetition", key, f"{name}={value:.4g}>-1"), name
             checked += 1
     assert checked > 500
 
@@ -217,33 +223,49 @@ QUALITY_OFF: dict[str, object] = {
 }
 
 
-def quality(text: str, **checks: object) -> tuple[str, str] | None:
+def quality(text: str, **checks: object) -> Failure | None:
     return GopherQuality(GopherQualitySettings(**{**QUALITY_OFF, **checks}))(DocView(text))
 
 
 @pytest.mark.parametrize(
-    ("text", "checks", "detail"),
+    ("text", "checks", "key", "detail"),
     [
-        ("Too short to count.", {"min_doc_words": 50}, "words=4<50"),
-        (PROSE, {"max_doc_words": 20}, "words=107>20"),
-        (" ".join("abcdefghij" * 6), {"min_avg_word_length": 3}, "mean_word_length=1<3"),
-        ("extraordinarily " * 60, {"max_avg_word_length": 10}, "mean_word_length=15>10"),
-        (PROSE + " #tag" * 20, {"max_symbol_word_ratio": 0.1}, "hash_word_ratio=0.1282>0.1"),
-        (PROSE + " wait..." * 20, {"max_symbol_word_ratio": 0.1}, "ellipsis_word_ratio=0.1282>0.1"),
-        ("\n".join(f"• item number {i} of the list" for i in range(20)), {"max_bullet_lines_ratio": 0.9}, "bullet_"),
+        ("Too short to count.", {"min_doc_words": 50}, "short_doc", "words=4<50"),
+        (PROSE, {"max_doc_words": 20}, "long_doc", "words=107>20"),
+        (" ".join("abcdefghij" * 6), {"min_avg_word_length": 3}, "below_avg_threshold", "mean_word_length=1<3"),
+        ("extraordinarily " * 60, {"max_avg_word_length": 10}, "above_avg_threshold", "mean_word_length=15>10"),
+        (PROSE + " #tag" * 20, {"max_symbol_word_ratio": 0.1}, "too_many_hashes", "hash_word_ratio=0.1282>0.1"),
+        (
+            PROSE + " wait..." * 20,
+            {"max_symbol_word_ratio": 0.1},
+            "too_many_ellipsis",
+            "ellipsis_word_ratio=0.1282>0.1",
+        ),
+        (
+            "\n".join(f"• item number {i} of the list" for i in range(20)),
+            {"max_bullet_lines_ratio": 0.9},
+            "too_many_bullets",
+            "bullet_",
+        ),
         (
             "\n".join(f"and then line {i} trails off..." for i in range(5)),
             {"max_ellipsis_lines_ratio": 0.3},
+            "too_many_end_ellipsis",
             "ellipsis_",
         ),
-        (" ".join(str(n) for n in range(100)), {"min_alpha_words_ratio": 0.8}, "alpha_words_ratio=0<0.8"),
-        (GERMAN, {"min_stop_words": 2}, "stop_words=0<2"),
+        (
+            " ".join(str(n) for n in range(100)),
+            {"min_alpha_words_ratio": 0.8},
+            "below_alpha_threshold",
+            "alpha_words_ratio=0<0.8",
+        ),
+        (GERMAN, {"min_stop_words": 2}, "enough_stop_words", "stop_words=0<2"),
     ],
 )
-def test_quality_checks_fire(text: str, checks: dict[str, object], detail: str) -> None:
+def test_quality_checks_fire(text: str, checks: dict[str, object], key: str, detail: str) -> None:
     failure = quality(text, **checks)
-    assert failure is not None and failure[0] == "gopher_quality"
-    assert failure[1].startswith(detail)
+    assert failure is not None and failure[:2] == ("gopher_quality", "gopher_" + key)
+    assert failure.detail.startswith(detail)
 
 
 def test_quality_keeps_prose_with_all_defaults() -> None:
@@ -253,12 +275,13 @@ def test_quality_keeps_prose_with_all_defaults() -> None:
 @pytest.mark.parametrize("text", ["", "   \n\t  ", "... --- !!! ###"])
 def test_quality_handles_documents_without_words(text: str) -> None:
     """No words, or only symbols: the minimum catches them, and without one no ratio divides by 0."""
-    assert GopherQuality()(DocView(text)) == ("gopher_quality", "words=0<50")
-    assert quality(text, max_symbol_word_ratio=0.1, min_alpha_words_ratio=0.8) == ("gopher_quality", "no_words")
+    assert GopherQuality()(DocView(text)) == ("gopher_quality", "gopher_short_doc", "words=0<50")
+    no_words = ("gopher_quality", "gopher_no_words", "no_words")
+    assert quality(text, max_symbol_word_ratio=0.1, min_alpha_words_ratio=0.8) == no_words
 
 
 # -- C4 ----------------------------------------------------------------------------------------------
-def c4(text: str, **settings: object) -> tuple[str, tuple[str, str] | None]:
+def c4(text: str, **settings: object) -> tuple[str, Failure | None]:
     doc = DocView(text)
     failure = C4Lines(C4Settings(**settings))(doc)
     return doc.text, failure
@@ -300,7 +323,7 @@ def test_c4_strips_citation_marks() -> None:
     ],
 )
 def test_c4_drops_lorem_ipsum_and_code(line: str, detail: str) -> None:
-    assert c4(PROSE + "\n" + line)[1] == ("c4", detail)
+    assert c4(PROSE + "\n" + line)[1] == ("c4", f"c4_{detail}", detail)
 
 
 def test_c4_ignores_curly_brackets_in_lines_it_removes() -> None:
@@ -308,12 +331,13 @@ def test_c4_ignores_curly_brackets_in_lines_it_removes() -> None:
 
 
 def test_c4_needs_five_sentences() -> None:
-    assert c4("Only one sentence is here.\nAnd a second one follows it.")[1] == ("c4", "sentences=2<5")
+    failure = c4("Only one sentence is here.\nAnd a second one follows it.")[1]
+    assert failure == ("c4", "c4_too_few_sentences", "sentences=2<5")
     assert c4("Only one sentence is here.", min_num_sentences=None)[1] is None
 
 
 # -- FineWeb -----------------------------------------------------------------------------------------
-def fineweb(text: str, **settings: object) -> tuple[str, str] | None:
+def fineweb(text: str, **settings: object) -> Failure | None:
     return FineWebQuality(FineWebSettings(**settings))(DocView(text))
 
 
@@ -330,7 +354,8 @@ def fineweb(text: str, **settings: object) -> tuple[str, str] | None:
 )
 def test_fineweb_checks_fire(text: str, detail: str) -> None:
     failure = fineweb(text)
-    assert failure is not None and failure[0] == "fineweb" and failure[1].startswith(detail)
+    key = "fineweb_" + detail.split("=")[0]
+    assert failure is not None and failure[:2] == ("fineweb", key) and failure.detail.startswith(detail)
 
 
 def test_fineweb_keeps_prose_and_can_spare_unpunctuated_pages() -> None:
@@ -341,10 +366,11 @@ def test_fineweb_keeps_prose_and_can_spare_unpunctuated_pages() -> None:
 # -- the whole filter --------------------------------------------------------------------------------
 def test_filter_runs_rules_in_order_and_reports_the_first_failure() -> None:
     text = PROSE + "\nSubscribe now"
-    assert HeuristicFilter().apply(text) == (PROSE, None, "")  # C4 removed the last line
-    assert HeuristicFilter().apply("Hi.")[1] == "gopher_repetition"  # "Hi ." is a 2-gram bigger than the text
-    assert HeuristicFilter(HeuristicSettings(enabled=["fineweb", "c4"])).apply(GERMAN) == (GERMAN, None, "")
-    assert HeuristicFilter().apply(GERMAN)[1:] == ("gopher_quality", "stop_words=0<2")
+    assert HeuristicFilter().apply(text) == (PROSE, None)  # C4 removed the last line
+    hi = HeuristicFilter().apply("Hi.")[1]  # "Hi ." is a 2-gram bigger than the text
+    assert hi is not None and hi[:2] == ("gopher_repetition", "gopher_top_2_gram")
+    assert HeuristicFilter(HeuristicSettings(enabled=["fineweb", "c4"])).apply(GERMAN) == (GERMAN, None)
+    assert HeuristicFilter().apply(GERMAN)[1] == ("gopher_quality", "gopher_enough_stop_words", "stop_words=0<2")
 
 
 @pytest.mark.parametrize(
@@ -387,15 +413,20 @@ def test_a_ten_megabyte_line_is_dropped_fast(make) -> None:
     text = make()
     assert len(text) >= 9_900_000 and "\n" not in text
     started = time.perf_counter()
-    _, rule, detail = HeuristicFilter().apply(text)
+    _, failure = HeuristicFilter().apply(text)
     assert time.perf_counter() - started < 2.0
-    assert rule == "gopher_quality" and detail
+    assert (
+        failure is not None
+        and failure.rule == "gopher_quality"
+        and failure.key.startswith("gopher_")
+        and failure.detail
+    )
 
 
 def test_the_size_guard_only_drops_what_the_quality_rule_drops() -> None:
     text = "the quick brown fox jumps over a lazy dog " * 12_000  # 108,000 words
-    assert HeuristicFilter().apply(text)[1:] == ("gopher_quality", "words>=108000>100000")
-    assert GopherQuality()(DocView(text)) == ("gopher_quality", "words=108000>100000")
+    assert HeuristicFilter().apply(text)[1] == ("gopher_quality", "gopher_long_doc", "words>=108000>100000")
+    assert GopherQuality()(DocView(text)) == ("gopher_quality", "gopher_long_doc", "words=108000>100000")
 
 
 @pytest.mark.parametrize("text", [CHINESE, JAPANESE, CHINESE + "\n\n" + JAPANESE])
@@ -404,8 +435,9 @@ def test_scripts_without_spaces(text: str) -> None:
     English-centred word rules drop the page (as they do in datatrove)."""
     for rule in (GopherRepetition(), GopherQuality(), C4Lines(), FineWebQuality()):
         failure = rule(DocView(text))
-        assert failure is None or (failure[0] == rule.name and failure[1])
-    assert HeuristicFilter().apply(text)[1] in ("gopher_repetition", "gopher_quality")
+        assert failure is None or (failure.rule == rule.name and failure.key.startswith(rule.family) and failure.detail)
+    failure = HeuristicFilter().apply(text)[1]
+    assert failure is not None and failure.rule in ("gopher_repetition", "gopher_quality")
 
 
 def test_real_pages(sample_texts: list[str]) -> None:
@@ -414,11 +446,12 @@ def test_real_pages(sample_texts: list[str]) -> None:
     detail_format = re.compile(r"[a-z0-9_]+(=|>=|<=)[-0-9.e+]+[<>][-0-9.e+*]+|[a-z_]+")
     kept = 0
     for text in sample_texts:
-        out, rule, detail = HeuristicFilter().apply(text)
-        if rule is None:
+        out, failure = HeuristicFilter().apply(text)
+        if failure is None:
             kept += 1
             assert all(line.endswith((".", "?", "!", '"', "'")) for line in out.splitlines())
         else:
-            assert rule in ("gopher_repetition", "gopher_quality", "c4", "fineweb")
-            assert detail_format.fullmatch(detail), detail
+            assert failure.rule in ("gopher_repetition", "gopher_quality", "c4", "fineweb")
+            assert re.fullmatch(r"(gopher|c4|fineweb)_[a-z0-9_]+", failure.key), failure.key
+            assert detail_format.fullmatch(failure.detail), failure.detail
     assert 0 < kept < len(sample_texts)

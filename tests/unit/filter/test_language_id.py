@@ -6,12 +6,19 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import fasttext
 import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from resources.common.storage import ShardInfo
-from resources.filter.language_id import UNDETERMINED, LanguageIdentifier, LanguageSettings, bundled_model_path
+from resources.filter.language_id import (
+    LID176_LANGUAGES,
+    UNDETERMINED,
+    LanguageIdentifier,
+    LanguageSettings,
+    bundled_model_path,
+)
 from resources.ingest.engine import ingest_files
 from resources.settings import IngestSettings
 
@@ -84,12 +91,28 @@ def test_a_ten_megabyte_line(identifier: LanguageIdentifier) -> None:
 
 
 @pytest.mark.parametrize("codes", [["en", "xx"], ["english"], ["en", "zz", "qq"]])
-def test_unknown_language_codes_fail_at_load(codes: list[str]) -> None:
-    with pytest.raises(ValueError, match="unknown language code") as error:
-        LanguageIdentifier(LanguageSettings(languages=codes))
+def test_unknown_language_codes_fail_at_load(codes: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refused by the settings, before any model is loaded; a custom model's codes when it loads."""
+    with monkeypatch.context() as patched:
+        patched.setattr(fasttext, "load_model", lambda *_: pytest.fail("the settings loaded a model"))
+        with pytest.raises(ValueError, match="unknown language code") as error:
+            LanguageSettings(languages=codes)
+    custom = LanguageSettings(languages=codes, model_path=str(bundled_model_path()))
+    with pytest.raises(ValueError, match="unknown language code") as loaded:
+        LanguageIdentifier(custom)
     for code in codes:
         if code != "en":
-            assert repr(code) in str(error.value)
+            assert repr(code) in str(error.value) and repr(code) in str(loaded.value)
+
+
+def test_the_listed_codes_are_the_bundled_models(identifier: LanguageIdentifier) -> None:
+    assert identifier.labels == LID176_LANGUAGES
+
+
+def test_rejection_keys(identifier: LanguageIdentifier) -> None:
+    assert identifier.rejection("en", 0.9) is None
+    assert identifier.rejection("en", 0.2) == "language_low_score"
+    assert identifier.rejection("ja", 0.99) == identifier.rejection(UNDETERMINED, 0.0) == "language_not_kept"
 
 
 @pytest.mark.parametrize(

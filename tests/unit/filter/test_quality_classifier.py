@@ -1,12 +1,10 @@
-"""The fastText quality classifier: reading reference text, training on WikiText-2 (positives)
+"""The fastText quality classifier: training on WikiText-2 (positives)
 against the shipped sample crawl (negatives), scoring, keeping, loading, and refusing broken
 model files before fastText can crash or hang on them."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import json
 import random
 import shutil
 import struct
@@ -14,22 +12,23 @@ from pathlib import Path
 
 import fasttext
 import numpy as np
+import polars as pl
 import pytest
 from pydantic import ValidationError
 
 from resources.filter import quality_classifier
+from resources.filter.engine import QualityFilter
 from resources.filter.quality_classifier import (
     QualityClassifier,
     QualityDataError,
     QualityModelError,
     QualitySettings,
-    TextSourceError,
     TrainedClassifier,
     preprocess,
-    read_documents,
     reference_documents,
     train_classifier,
 )
+from resources.filter.text_sources import TextSourceError, read_documents
 from tests.conftest import SAMPLE_DIR, SHARED_CORPORA
 from tests.warc_factory import ingest
 
@@ -60,56 +59,9 @@ def trained(
     return train_classifier(wiki_docs, crawl_texts, settings, tmp_path_factory.mktemp("models"))
 
 
-# -- reading reference files ----------------------------------------------------------------------
-
-
-def test_wikitext_is_read_as_sections_without_its_markup(wiki_docs: list[str]) -> None:
-    assert len(wiki_docs) > 500
-    assert wiki_docs[0].startswith("Homarus gammarus\nHomarus gammarus , known as the European lobster")
-    text = "\n".join(wiki_docs)
-    assert "<unk>" not in text
-    assert " @-@ " not in text and " @,@ " not in text
-    assert not any(line.startswith(" = ") for doc in wiki_docs for line in doc.splitlines())
-
-
-def test_plain_text_is_split_at_blank_lines(tmp_path: Path) -> None:
-    path = tmp_path / "ref.txt"
-    path.write_text("First line\nsame paragraph\n\n \t\n\nSecond paragraph\n\n")
-    assert read_documents(str(path)) == ["First line\nsame paragraph", "Second paragraph"]
-
-
-def test_jsonl_text_field_and_compression(tmp_path: Path) -> None:
-    path = tmp_path / "ref.jsonl.gz"
-    records = [{"text": "one document", "id": 1}, {"text": "another\ndocument"}]
-    path.write_bytes(gzip.compress(("\n".join(json.dumps(r) for r in records) + "\n\n").encode()))
-    assert read_documents(str(path)) == ["one document", "another\ndocument"]
-
-
-def test_jsonl_without_text_field_names_file_and_line(tmp_path: Path) -> None:
-    path = tmp_path / "ref.jsonl"
-    path.write_text('{"text": "fine"}\n{"question": "no text here"}\n')
-    with pytest.raises(TextSourceError, match=r"ref\.jsonl line 2: no string field 'text'"):
-        read_documents(str(path))
-    path.write_text('{"text": "fine"}\nnot json\n')
-    with pytest.raises(TextSourceError, match=r"ref\.jsonl line 2: not JSON"):
-        read_documents(str(path))
-
-
-def test_latin1_reference_file_is_decoded(tmp_path: Path) -> None:
-    path = tmp_path / "latin1.txt"
-    path.write_bytes("Crème brûlée à la française\n\nÜber Bäume".encode("latin-1"))
-    assert read_documents(str(path)) == ["Crème brûlée à la française", "Über Bäume"]
-
-
-def test_missing_or_empty_reference_file_is_named(tmp_path: Path) -> None:
-    missing = tmp_path / "nowhere.txt"
-    with pytest.raises(TextSourceError, match=rf"reference file not found: {missing}"):
-        read_documents(str(missing))
+def test_an_empty_reference_file_is_named(tmp_path: Path) -> None:
     empty = tmp_path / "empty.txt"
-    for content in (b"", b"\n \n\t\n"):
-        empty.write_bytes(content)
-        with pytest.raises(TextSourceError, match=rf"reference file is empty \(no documents\): {empty}"):
-            read_documents(str(empty))
+    empty.write_bytes(b"\n \n\t\n")
     settings = QualitySettings(reference_files=[str(WIKITEXT), str(empty)], keep_threshold=0.5)
     with pytest.raises(TextSourceError, match=r"empty\.txt"):
         reference_documents(settings)
@@ -198,6 +150,22 @@ def test_scores_are_probabilities_deterministic_and_batch_independent(
     assert trained.classifier.score([text.replace("\n", "\r\n   ").upper()])[0] == trained.classifier.score([text])[0]
     assert trained.classifier.score([]).shape == (0,)
     assert 0 <= trained.classifier.score([""])[0] <= 1
+
+
+def test_the_scoring_stage_keeps_the_best_and_names_the_rest(
+    trained: TrainedClassifier, wiki_docs: list[str], crawl_texts: list[str]
+) -> None:
+    texts = wiki_docs[:5] + crawl_texts[:5]
+    frame = pl.DataFrame({"doc_id": [str(i) for i in range(10)], "url": "u", "crawl_batch": "b", "text": texts})
+    settings = QualitySettings(reference_files=[str(WIKITEXT)], keep_top_fraction=0.5)
+    kept, removed = QualityFilter(trained.classifier, settings).process(frame)
+    scores = trained.classifier.score(texts)
+    assert kept.get_column("doc_id").to_list() == [str(i) for i in np.flatnonzero(settings.keep_mask(scores))]
+    assert removed.height == 5 and set(removed.get_column("stage")) == {"quality"}
+    assert set(removed.get_column("rule")) == {"quality_low_score"}
+    assert [float(d) for d in removed.get_column("detail")] == [
+        round(float(scores[int(i)]), 4) for i in removed.get_column("doc_id")
+    ]
 
 
 def test_samples_at_most_max_examples_per_class(

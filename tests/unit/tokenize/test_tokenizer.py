@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from resources.filter.quality_classifier import read_documents
+from resources.filter.text_sources import read_documents
 from resources.settings import PROJECT_ROOT
 from resources.tokenize.tokenizer import (
     EOS_TOKEN,
