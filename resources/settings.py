@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.dedup.engine import DedupSettings
-from resources.evaluate.scoring import EvaluationSettings
+from resources.evaluate.settings import EvaluationSettings
 from resources.filter.decontamination import DecontaminationSettings
 from resources.filter.heuristics import HeuristicSettings
 from resources.filter.language_id import LanguageSettings
