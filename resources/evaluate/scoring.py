@@ -216,13 +216,13 @@ def score_texts(
     if not sequences:
         raise EvalSetError(f"eval set {texts.name!r} ({texts.source}): no document has any token")
     window = seq_len or checkpoint.seq_len
-    nll = _sum_nll(checkpoint, _windows(sequences, window), batch_size)
+    nll = _sum_nll(checkpoint, prediction_windows(sequences, window), batch_size)
     targets = np.concatenate([s[1:] for s in sequences])
     unigram_bits = None if unigram is None else float(-unigram[targets].sum())
     return SetScore(texts.name, len(sequences), used_bytes, int(targets.size), nll, unigram_bits, texts.encoding)
 
 
-def _windows(sequences: Sequence[np.ndarray], seq_len: int) -> list[np.ndarray]:
+def prediction_windows(sequences: Sequence[np.ndarray], seq_len: int) -> list[np.ndarray]:
     """Windows of at most `seq_len + 1` tokens overlapping by one: each window predicts its last
     `len - 1` tokens, so every token after a document's opening EOS is predicted exactly once."""
     out = []
