@@ -64,16 +64,16 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from resources.evaluate.lm_eval_tasks import LmEvalSettings, _import_lm_eval, _load_model, offline  # noqa: E402
+from resources.evaluate.lm_eval_tasks import LmEvalSettings, import_lm_eval, load_harness_model, offline  # noqa: E402
 from resources.evaluate.scoring import (  # noqa: E402
-    EvalSetSpec,
     EvalTexts,
     LoadedCheckpoint,
-    _windows,
     load_checkpoint,
     load_eval_set,
+    prediction_windows,
     score_texts,
 )
+from resources.evaluate.settings import EvalSetSpec  # noqa: E402
 
 REFERENCE = "lm-eval HFLM.loglikelihood_rolling"
 OURS = "ours (resources.evaluate.scoring)"
@@ -159,7 +159,7 @@ def closing_eos_nats(checkpoint: LoadedCheckpoint, documents: list[str], seq_len
     tokenizer = checkpoint.tokenizer
     eos = tokenizer.eos_id
     encoded = tokenizer.tokenizer.encode_batch(documents, add_special_tokens=False)
-    lasts = [_windows([np.array([eos, *e.ids, eos], dtype=np.int64)], seq_len)[-1] for e in encoded if e.ids]
+    lasts = [prediction_windows([np.array([eos, *e.ids, eos], dtype=np.int64)], seq_len)[-1] for e in encoded if e.ids]
     lasts.sort(key=len, reverse=True)
     total = 0.0
     for start in range(0, len(lasts), batch_size):
@@ -306,10 +306,10 @@ def main(argv: list[str] | None = None) -> int:
         documents = [d for d in loaded.documents[: args.max_docs] if d]
         texts = EvalTexts(loaded.name, documents, loaded.source, loaded.encoding)
 
-        lm_eval = _import_lm_eval()
+        lm_eval = import_lm_eval()
         settings = LmEvalSettings(batch_size=args.batch_size, dtype="float32", model_args={"max_length": seq_len})
         with offline(), contextlib.redirect_stderr(io.StringIO()):  # HFLM's loading bars and warnings
-            lm = _load_model(lm_eval, checkpoint.path, settings, args.device)
+            lm = load_harness_model(lm_eval, checkpoint.path, settings, args.device)
         if lm.prefix_token_id != checkpoint.tokenizer.eos_id:
             print(f"note: lm-eval's prefix token is {lm.prefix_token_id}, our EOS {checkpoint.tokenizer.eos_id}")
 

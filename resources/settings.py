@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.dedup.settings import DedupStageSettings
-from resources.evaluate.scoring import EvaluationSettings
+from resources.evaluate.settings import EvaluationSettings
 from resources.filter.decontamination import DecontaminationSettings
 from resources.filter.engine import FilterSettings, QualityStageSettings
 from resources.ingest.engine import IngestSettings

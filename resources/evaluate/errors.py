@@ -1,4 +1,4 @@
-"""The errors of the evaluation engines (resources.evaluate.scoring, resources.evaluate.lm_eval_tasks): one
+"""The errors of the evaluation engines (scoring, lm-eval tasks, the evaluator and its history): one
 family, so an asset, a test or a user catches a bad eval set or checkpoint the same way."""
 
 

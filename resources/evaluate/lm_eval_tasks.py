@@ -203,7 +203,8 @@ def offline() -> Iterator[None]:
                 os.environ[key] = value
 
 
-def _import_lm_eval() -> Any:
+def import_lm_eval() -> Any:
+    """The harness, imported when a run starts (it is the optional `eval` extra)."""
     try:
         import lm_eval
         import lm_eval.api.registry
@@ -242,7 +243,7 @@ def _import_vllm_wrapper() -> None:
         metadata.version = real_version
 
 
-def _load_model(lm_eval: Any, checkpoint_dir: Path, settings: LmEvalSettings, device: str) -> Any:
+def load_harness_model(lm_eval: Any, checkpoint_dir: Path, settings: LmEvalSettings, device: str) -> Any:
     """Build the harness's model wrapper ourselves, not inside `simple_evaluate`, so a checkpoint
     that fails to load is reported as such instead of as an evaluation failure."""
     args: dict[str, Any] = {
@@ -308,7 +309,7 @@ def run_lm_eval(checkpoint_dir: Path, settings: LmEvalSettings, device: str = "c
     for name, task in settings.tasks.items():
         validate_task_file(name, Path(task.path))
     _check_checkpoint(checkpoint_dir)
-    lm_eval = _import_lm_eval()
+    lm_eval = import_lm_eval()
 
     with tempfile.TemporaryDirectory(prefix="lm_eval_tasks_") as tmp, offline():
         task_dir = Path(tmp, "tasks")
@@ -319,7 +320,7 @@ def run_lm_eval(checkpoint_dir: Path, settings: LmEvalSettings, device: str = "c
         # include_defaults=False: indexing the harness's ~14k bundled YAMLs takes ~7 s, and a
         # local task named like a bundled one would otherwise be ambiguous.
         task_manager = lm_eval.tasks.TaskManager(include_path=str(task_dir), include_defaults=False)
-        model = _load_model(lm_eval, checkpoint_dir, settings, device)
+        model = load_harness_model(lm_eval, checkpoint_dir, settings, device)
         try:
             results = lm_eval.simple_evaluate(
                 model=model,

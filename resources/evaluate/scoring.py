@@ -21,22 +21,20 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
 
 from resources.common.storage import ShardStore
-from resources.common.versioning import file_digest
 from resources.evaluate.errors import CheckpointLoadError, EvalSetError, EvaluationError
-from resources.evaluate.lm_eval_tasks import LmEvalSettings
+from resources.evaluate.settings import EvalSetSpec, GenerationSettings
 from resources.filter.text_sources import TextSourceError, load_text, split_documents
 from resources.llm.backend import GenerationRequest, Sampling
 from resources.llm.model import inspect_model
-from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
+from resources.llm.vllm_backend import VLLMBackend
 from resources.tokenize.shards import TRAIN, VALIDATION, read_token_shards, split_of
 from resources.tokenize.tokenizer import TokenizerError, TrainedTokenizer, load_tokenizer
 from resources.train.checkpoints import MANIFEST_FILE, CheckpointError, read_manifest, resolve_checkpoint
@@ -44,76 +42,6 @@ from resources.train.checkpoints import MANIFEST_FILE, CheckpointError, read_man
 HELD_OUT = "held_out"
 _IGNORE = -100
 _LN2 = math.log(2)
-DEFAULT_PROMPTS = (
-    "The history of the city",
-    "In this article, we explain how",
-    "Die Geschichte der Stadt",
-    "Question: What is the capital of France?\nAnswer:",
-)
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EvalSetSpec(_Section):
-    path: str = Field(description="text or jsonl file (local path or fsspec URL); jsonl: a `text` field per line")
-    encoding: str | None = Field(default=None, description="default: detected (BOM, UTF-16, UTF-8, cp1252)")
-
-
-class GenerationSettings(_Section):
-    """Samples to read next to the numbers: fixed prompts and seed, so checkpoints compare."""
-
-    backend: Literal["vllm", "transformers", "none"] = "vllm"
-    prompts: list[str] = Field(default_factory=lambda: list(DEFAULT_PROMPTS))
-    max_tokens: int = Field(default=48, ge=1)
-    temperature: float = Field(default=0.8, ge=0)
-    top_p: float = Field(default=0.95, gt=0, le=1)
-    seed: int = Field(default=0, ge=0)
-    vllm: VLLMSettings = Field(default_factory=VLLMSettings)
-
-
-class EvaluationSettings(_Section):
-    eval_sets: dict[str, str | EvalSetSpec] = Field(
-        default_factory=lambda: {"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"},
-        description="name -> file; scored besides the project's held-out split",
-    )
-    held_out: bool = Field(default=True, description="score the validation split of the deduplicated documents")
-    max_tokens_per_set: int = Field(default=200_000, ge=1, description="whole documents, in file order, up to this")
-    seq_len: int | None = Field(default=None, ge=8, description="default: the context the checkpoint trained with")
-    batch_size: int = Field(default=16, ge=1)
-    device: str = "auto"
-    generation: GenerationSettings = Field(default_factory=GenerationSettings)
-    regression_tolerance: float = Field(
-        default=0.02, ge=0, description="bits-per-byte may rise this much (relative) over the previous checkpoint"
-    )
-    lm_eval: LmEvalSettings | None = Field(
-        default=None, description="downstream tasks from local files with lm-evaluation-harness (the `eval` extra)"
-    )
-
-    def specs(self) -> dict[str, EvalSetSpec]:
-        return {
-            name: spec if isinstance(spec, EvalSetSpec) else EvalSetSpec(path=spec)
-            for name, spec in self.eval_sets.items()
-        }
-
-    def output_shaping(self) -> dict[str, object]:
-        """What changes the numbers (not device or batch size). Eval sets by content, not path:
-        editing a set re-evaluates, moving the checkout does not."""
-        shaping = self.model_dump(
-            exclude={
-                "eval_sets": True,
-                "device": True,
-                "batch_size": True,
-                "regression_tolerance": True,
-                "generation": {"vllm": True},
-            }
-        )
-        shaping["eval_sets"] = {  # a remote or missing set by its path (a missing one fails when the asset runs)
-            name: {"encoding": spec.encoding, "content": file_digest(spec.path) or spec.path}
-            for name, spec in self.specs().items()
-        }
-        return shaping
 
 
 @dataclass(frozen=True)
@@ -291,13 +219,13 @@ def score_texts(
     if not sequences:
         raise EvalSetError(f"eval set {texts.name!r} ({texts.source}): no document has any token")
     window = seq_len or checkpoint.seq_len
-    nll = _sum_nll(checkpoint, _windows(sequences, window), batch_size)
+    nll = _sum_nll(checkpoint, prediction_windows(sequences, window), batch_size)
     targets = np.concatenate([s[1:] for s in sequences])
     unigram_bits = None if unigram is None else float(-unigram[targets].sum())
     return SetScore(texts.name, len(sequences), used_bytes, int(targets.size), nll, unigram_bits, texts.encoding)
 
 
-def _windows(sequences: Sequence[np.ndarray], seq_len: int) -> list[np.ndarray]:
+def prediction_windows(sequences: Sequence[np.ndarray], seq_len: int) -> list[np.ndarray]:
     """Windows of at most `seq_len + 1` tokens overlapping by one: each window predicts its last
     `len - 1` tokens, so every token after a document's opening EOS is predicted exactly once."""
     out = []
@@ -392,26 +320,3 @@ def _transformers_samples(
         text = tokenizer.tokenizer.decode(output[:-1] if stopped else output)
         samples.append(Sample(prompt, text, "stop" if stopped else "length", len(output)))
     return samples
-
-
-# --------------------------------------------------------------------------- results
-
-
-def is_finite_result(rows: Iterable[dict[str, Any]]) -> bool:
-    return all(
-        isinstance(row[k], int | float) and math.isfinite(row[k])
-        for row in rows
-        for k in ("loss", "perplexity", "bits_per_byte")
-    )
-
-
-def regressions(
-    current: dict[str, float], previous: dict[str, float], tolerance: float
-) -> dict[str, tuple[float, float]]:
-    """Eval sets whose bits-per-byte rose by more than `tolerance` (relative) since `previous`;
-    sets only one side has are not compared."""
-    return {
-        name: (previous[name], value)
-        for name, value in current.items()
-        if name in previous and value > previous[name] * (1 + tolerance)
-    }

@@ -12,13 +12,13 @@ import polars as pl
 import pytest
 
 from assets.dedup import DEDUPED
-from assets.evaluate import RESULTS, SAMPLES, read_history
 from assets.reports import REPORT
 from assets.rewrite import SYNTHETIC
 from assets.train import CHECKPOINT
 from definitions import SYNTHETIC_TOKEN_SHARDS, build_definitions
 from jobs.demo import materialize_stale, needs_run, tick_sensor
 from resources.common.storage import ShardStore
+from resources.evaluate.history import RESULTS, SAMPLES, read_history
 from resources.llm.tiny_model import build_tiny_model
 from resources.train.mixture import MIXTURE_FILE, TRAINING_MIXTURE
 from tests.conftest import chain_settings, one_file_crawl

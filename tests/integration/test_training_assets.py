@@ -14,7 +14,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.dedup import DEDUPED
-from assets.evaluate import EVALUATION, MODEL_COMPARISON, RESULTS, read_history
+from assets.evaluate import MODEL_COMPARISON
 from assets.reports import REPORT
 from assets.tokenize import TOKEN_SHARDS, TOKENIZER
 from assets.train import CHECKPOINT
@@ -22,6 +22,7 @@ from definitions import build_definitions
 from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
+from resources.evaluate.history import EVALUATION, RESULTS, read_history
 from resources.evaluate.scoring import CheckpointLoadError, EvalSetError
 from resources.settings import Settings
 from resources.tokenize.shards import TOKEN_INDEX, TOKENS

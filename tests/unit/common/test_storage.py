@@ -11,12 +11,12 @@ import dagster as dg
 import polars as pl
 import pytest
 
-from assets.evaluate import RESULTS, read_history
 from assets.reports import REPORT
 from definitions import build_definitions
 from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import MANIFEST_NAME, Manifest, ShardStore
+from resources.evaluate.history import RESULTS, read_history
 from resources.ingest.sources import BatchRegistry
 from resources.settings import Settings
 from tests.conftest import SAMPLE_DIR, chain_settings, one_file_crawl

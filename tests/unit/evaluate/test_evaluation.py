@@ -19,23 +19,20 @@ import numpy as np
 import pytest
 import torch
 
+from resources.evaluate.checks import is_finite_result, regressions
 from resources.evaluate.scoring import (
     CheckpointLoadError,
     EvalSetError,
-    EvalSetSpec,
     EvalTexts,
-    EvaluationSettings,
-    GenerationSettings,
     LoadedCheckpoint,
     generate_samples,
-    is_finite_result,
     load_checkpoint,
     load_eval_set,
-    regressions,
     score_texts,
     token_counts,
     unigram_log2_probs,
 )
+from resources.evaluate.settings import EvalSetSpec, EvaluationSettings, GenerationSettings
 from resources.filter.text_sources import read_documents
 from resources.llm.tiny_model import train_tiny_checkpoint
 from resources.settings import PROJECT_ROOT

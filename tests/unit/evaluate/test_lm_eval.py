@@ -57,7 +57,7 @@ def harness_must_not_load(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail() -> None:
         pytest.fail("lm_eval was imported before the input was checked")
 
-    monkeypatch.setattr(lm_eval_tasks, "_import_lm_eval", fail)
+    monkeypatch.setattr(lm_eval_tasks, "import_lm_eval", fail)
 
 
 def write_task(path: Path, lines: list[str]) -> Path:

@@ -1,0 +1,176 @@
+"""One evaluation of the latest checkpoint, start to end: the eval sets (the registered ones and the
+held-out split of the mixture's crawl partitions), each scored beside the unigram baseline; samples;
+downstream tasks; the row saying which checkpoint was scored and what it was trained on; all of it
+merged into the history, written, and judged by the checks. The evaluation asset calls `evaluate`
+and commits what it wrote."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from resources.common.storage import ShardInfo, ShardStore, stable_hash
+from resources.evaluate.checks import Check, evaluation_checks
+from resources.evaluate.errors import EvaluationError
+from resources.evaluate.history import RESULTS, SAMPLES, TASKS, with_history, write_history
+from resources.evaluate.lm_eval_tasks import run_lm_eval
+from resources.evaluate.report import markdown_table
+from resources.evaluate.scoring import (
+    HELD_OUT,
+    EvalTexts,
+    Sample,
+    SetScore,
+    generate_samples,
+    held_out_texts,
+    load_checkpoint,
+    load_eval_set,
+    pick_device,
+    score_texts,
+    training_token_counts,
+    unigram_log2_probs,
+)
+from resources.evaluate.settings import EvaluationSettings
+from resources.train.checkpoints import read_manifest
+from resources.train.mixture import TRAINING_MIXTURE, read_mixture
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    described: dict[str, Any]  # evaluation_id, checkpoint, generation, step, tokens seen, mixture
+    scores: list[SetScore]
+    samples: list[Sample]
+    tasks: dict[str, dict[str, float]]
+    tables: dict[str, pl.DataFrame]  # the whole history, this evaluation's rows in place of earlier ones
+    files: list[ShardInfo]
+    inputs: dict[str, str]  # data version per input asset
+    checks: list[Check]
+
+    @property
+    def evaluation_id(self) -> str:
+        return self.described["evaluation_id"]
+
+    @property
+    def rows(self) -> pl.DataFrame:
+        """This evaluation's results, one row per eval set."""
+        return self.tables[RESULTS].filter(pl.col("evaluation_id") == self.evaluation_id)
+
+
+def evaluate(
+    store: ShardStore,
+    settings: EvaluationSettings,
+    *,
+    code_version: str,
+    run_id: str,
+    checkpoint_asset: str,
+    documents_asset: str,
+    tokens_asset: str,
+    validation_fraction: float,
+    log: Callable[[str], None] = lambda message: None,
+) -> Evaluation:
+    """Score the latest checkpoint of `checkpoint_asset`. The held-out split is the validation
+    split (`validation_fraction`) of the `documents_asset` partitions whose `tokens_asset`
+    partitions are in the mixture."""
+    eval_sets = [load_eval_set(name, spec) for name, spec in settings.specs().items()]  # fail before loading
+    latest = store.read_manifest(checkpoint_asset, None)
+    if latest is None:
+        raise EvaluationError(f"{checkpoint_asset} is not materialized: materialize it first")
+    mixture, mixture_version = read_mixture(store)
+    if settings.held_out:
+        crawl = [key for spec in mixture.values() if spec["asset"] == tokens_asset for key in spec["partitions"]]
+        held_out = held_out_texts(store, documents_asset, crawl, validation_fraction)
+        if held_out.documents:
+            eval_sets.insert(0, held_out)
+        else:
+            log("the validation split holds no documents: only the eval sets are scored")
+    if not eval_sets:
+        raise EvaluationError("nothing to evaluate: no eval set is configured and the held-out split is empty")
+    checkpoint_dir = store.local_partition(latest) / latest.stats["checkpoint"]
+    scores, samples = _score(store, settings, checkpoint_dir, mixture, eval_sets)
+    device = str(pick_device(settings.device))
+    tasks = run_lm_eval(checkpoint_dir, settings.lm_eval, device) if settings.lm_eval else {}
+    described = {
+        "evaluation_id": stable_hash([latest.data_version, code_version])[:16],
+        "eval_code_version": code_version,
+        "checkpoint": latest.stats["checkpoint"],
+        "generation": latest.stats["checkpoint"].split("/")[0],
+        "step": latest.stats["step"],
+        "checkpoint_data_version": latest.data_version,
+        "mixture_data_version": mixture_version,
+        "mixture": describe_mixture(mixture),
+        "tokens_seen": int(read_manifest(checkpoint_dir).get("total_tokens_seen", 0)),
+    }
+    which = {"evaluation_id": described["evaluation_id"], "checkpoint": described["checkpoint"]}
+    new = {
+        RESULTS: [{**described, **score.row()} for score in scores],
+        SAMPLES: [{**which, **vars(sample)} for sample in samples],
+        TASKS: [{**which, "task": task, **metrics} for task, metrics in tasks.items()],
+    }
+    tables = with_history(store, new, run_id)
+    results = tables[RESULTS]
+    this = pl.col("evaluation_id") == described["evaluation_id"]
+    return Evaluation(
+        described,
+        scores,
+        samples,
+        tasks,
+        tables,
+        write_history(store, tables),
+        {checkpoint_asset: latest.data_version, TRAINING_MIXTURE: mixture_version},
+        evaluation_checks(results.filter(this), results.filter(~this), settings.regression_tolerance),
+    )
+
+
+def _score(
+    store: ShardStore,
+    settings: EvaluationSettings,
+    checkpoint_dir: Path,
+    mixture: dict[str, dict],
+    eval_sets: list[EvalTexts],
+) -> tuple[list[SetScore], list[Sample]]:
+    """Every eval set beside the unigram baseline of the training tokens, then the samples; the
+    model is released before lm-eval loads its own copy."""
+    model = load_checkpoint(checkpoint_dir, settings.device)
+    unigram = unigram_log2_probs(training_token_counts(store, mixture, model.tokenizer.vocab_size))
+    scores = [
+        score_texts(
+            model,
+            texts,
+            max_tokens=settings.max_tokens_per_set,
+            batch_size=settings.batch_size,
+            seq_len=settings.seq_len,
+            unigram=unigram,
+        )
+        for texts in eval_sets
+    ]
+    return scores, generate_samples(model, settings.generation)
+
+
+def describe_mixture(mixture: dict[str, dict]) -> str:
+    """`source weight×partitions` per source: which data, how mixed, in one readable cell."""
+    return ", ".join(
+        f"{name} {spec.get('weight', 0):.2f}×{len(spec['partitions'])}" for name, spec in sorted(mixture.items())
+    )
+
+
+def scores_markdown(rows: pl.DataFrame, decontamination: pl.DataFrame) -> str:
+    """This evaluation's scores beside how many training documents decontamination removed for each set."""
+    removed = dict(decontamination.select("eval_set", "removed").group_by("eval_set").sum().iter_rows())
+    table = [
+        (
+            r["eval_set"],
+            r["documents"],
+            r["bytes"],
+            f"{r['loss']:.4f}",
+            f"{r['perplexity']:.1f}",
+            f"{r['bits_per_byte']:.4f}",
+            f"{r['unigram_bits_per_byte']:.4f}",
+            "—" if r["eval_set"] == HELD_OUT else removed.get(r["eval_set"], 0),
+        )
+        for r in rows.iter_rows(named=True)
+    ]
+    columns = ["eval set", "docs", "bytes", "loss", "ppl", "bits/byte", "unigram bits/byte", "train docs removed"]
+    return markdown_table(table, columns)

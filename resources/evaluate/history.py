@@ -1,0 +1,98 @@
+"""The evaluation history: every evaluated checkpoint's results, samples and downstream-task scores,
+kept in the evaluation asset's one partition, so each new checkpoint is judged against the ones
+before it and the comparison table shows whether new data helped."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import polars as pl
+
+from resources.common.storage import ShardInfo, ShardStore
+from resources.evaluate.errors import EvaluationError
+
+EVALUATION = "evaluation"
+RESULTS, SAMPLES, TASKS = "results", "samples", "tasks"
+
+_SCHEMAS = {
+    SAMPLES: {
+        "evaluation_id": pl.String,
+        "checkpoint": pl.String,
+        "prompt": pl.String,
+        "text": pl.String,
+        "finish_reason": pl.String,
+        "output_tokens": pl.Int64,
+    },
+    TASKS: {"evaluation_id": pl.String, "checkpoint": pl.String, "task": pl.String},
+}
+
+
+def read_history(store: ShardStore, table: str) -> pl.DataFrame:
+    """Every evaluation so far (one row per checkpoint and eval set), or the samples."""
+    manifest = store.read_manifest(EVALUATION, None)
+    if manifest is None or not store.shard_paths(manifest, table):
+        return pl.DataFrame()
+    return pl.concat(store.iter_frames(manifest, table=table), how="diagonal_relaxed")
+
+
+def with_history(store: ShardStore, new: dict[str, list[dict]], run_id: str) -> dict[str, pl.DataFrame]:
+    """Each table (results, samples, tasks) with this evaluation's rows in place of any earlier
+    ones of the same evaluation_id. Re-evaluating a checkpoint with the same settings keeps its
+    first date and run, so equal numbers give equal bytes and the data version stays."""
+    evaluation_id = new[RESULTS][0]["evaluation_id"]
+    tables = {}
+    for table, rows in new.items():
+        history = read_history(store, table)
+        same = history.filter(pl.col("evaluation_id") == evaluation_id) if history.height else history
+        others = history.filter(pl.col("evaluation_id") != evaluation_id) if history.height else history
+        if table == RESULTS:
+            first = same.row(0, named=True) if same.height else {"evaluated_at": datetime.now(UTC), "run_id": run_id}
+            rows = [{"evaluated_at": first["evaluated_at"], "run_id": first["run_id"], **row} for row in rows]
+        schema = _SCHEMAS.get(table)
+        frame = pl.DataFrame(rows, schema_overrides=schema) if rows else pl.DataFrame(schema=schema)
+        tables[table] = pl.concat([others, frame], how="diagonal_relaxed")
+    tables[RESULTS] = tables[RESULTS].sort("evaluated_at", "evaluation_id", "eval_set")
+    return tables
+
+
+def write_history(store: ShardStore, tables: dict[str, pl.DataFrame]) -> list[ShardInfo]:
+    return [store.write_parquet_shard(EVALUATION, None, 0, frame, table) for table, frame in tables.items()]
+
+
+def previous_evaluation(history: pl.DataFrame, current: dict) -> tuple[str, dict[str, float]] | None:
+    """The last evaluation before this one, of another checkpoint, under the same evaluation
+    settings (other settings score other sets): its checkpoint and bits-per-byte per eval set."""
+    if not history.height:
+        return None
+    earlier = history.filter(
+        (pl.col("eval_code_version") == current["eval_code_version"])
+        & (pl.col("checkpoint_data_version") != current["checkpoint_data_version"])
+    )
+    if not earlier.height:
+        return None
+    last = earlier.sort("evaluated_at").get_column("evaluation_id")[-1]
+    chosen = earlier.filter(pl.col("evaluation_id") == last)
+    values = dict(zip(chosen.get_column("eval_set"), chosen.get_column("bits_per_byte"), strict=True))
+    return chosen.get_column("checkpoint")[0], values
+
+
+def comparison(results: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
+    """One row per evaluated checkpoint, oldest first: bits-per-byte per eval set and accuracy
+    per downstream task as columns."""
+    keys = ["evaluation_id", "evaluated_at", "generation", "step", "tokens_seen", "mixture", "checkpoint_data_version"]
+    keys += ["mixture_data_version", "checkpoint"]
+    wide = results.pivot(on="eval_set", index=keys, values="bits_per_byte", aggregate_function="first")
+    wide = wide.rename({c: f"bpb_{c}" for c in wide.columns if c not in keys})
+    if tasks.height:
+        accuracy = tasks.pivot(on="task", index="evaluation_id", values="acc", aggregate_function="first")
+        wide = wide.join(accuracy.rename({c: f"acc_{c}" for c in accuracy.columns if c != "evaluation_id"}),
+                         on="evaluation_id", how="left")  # fmt: skip
+    return wide.sort("evaluated_at", "evaluation_id")
+
+
+def comparison_table(store: ShardStore) -> pl.DataFrame:
+    """The comparison of every checkpoint evaluated so far."""
+    results = read_history(store, RESULTS)
+    if not results.height:
+        raise EvaluationError(f"{EVALUATION} holds no results: materialize it first")
+    return comparison(results, read_history(store, TASKS))
