@@ -33,15 +33,15 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
     def deduplicated_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, key) = storage.store(), target(context)
+        store, (_, crawl_batch) = storage.store(), target(context)
         order = context.instance.get_dynamic_partitions(crawl_batches.name)
         try:
-            segments, inputs = earlier_segments(store, DEDUPED, order[: order.index(key)])
+            segments, inputs = earlier_segments(store, DEDUPED, order[: order.index(crawl_batch)])
         except EarlierBatchNotDeduplicated as exc:
             if settings.wait_retries:  # in a backfill the earlier batch is usually just running
                 raise dg.RetryRequested(settings.wait_retries, settings.wait_seconds) from exc
             raise
-        source = upstream_manifest(store, SCORED, key)
+        source = upstream_manifest(store, SCORED, crawl_batch)
         with NearDedup(settings.near) as engine:
             result = engine.dedup_partition(store.iter_frames(source, ["doc_id", "text"]), segments)
 

@@ -32,13 +32,13 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
     def raw_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, key) = storage.store(), target(context)
-        spec = storage.batches().spec(key)
+        store, (_, crawl_batch) = storage.store(), target(context)
+        spec = storage.batches().spec(crawl_batch)
         result = ingest_files(
             spec["files"],
-            crawl_batch=key,
+            crawl_batch=crawl_batch,
             settings=settings,
-            write_shard=partial(store.write_parquet_shard, RAW_DOCUMENTS, key),
+            write_shard=partial(store.write_parquet_shard, RAW_DOCUMENTS, crawl_batch),
             crawl=spec["crawl"],
             storage_options=source_options,
             log=context.log.info,

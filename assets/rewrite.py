@@ -32,7 +32,7 @@ def build_synthetic_documents(settings: RewriteSettings) -> dg.AssetsDefinition:
     def synthetic_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, key) = storage.store(), target(context)
+        store, (_, crawl_batch) = storage.store(), target(context)
         with Rewriter(settings) as rewriter:  # shuts the engine down: a vLLM step would hang at exit
             output = rewrite_partition(
                 store,
@@ -40,7 +40,7 @@ def build_synthetic_documents(settings: RewriteSettings) -> dg.AssetsDefinition:
                 version,
                 asset=SYNTHETIC,
                 upstream=DEDUPED,
-                partition=key,
+                partition=crawl_batch,
                 run_id=context.run_id,
                 on_shard=lambda i, n, stats: context.log.info(f"shard {i + 1}/{n}: {stats.to_dict()}"),
             )

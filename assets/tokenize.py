@@ -69,13 +69,13 @@ def build_token_shards(
     def token_shards(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, key) = storage.store(), target(context)
+        store, (_, crawl_batch) = storage.store(), target(context)
         tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
         tokenizer = load_tokenizer(tokenizer_dir)
-        source = upstream_manifest(store, upstream, key)
+        source = upstream_manifest(store, upstream, crawl_batch)
         columns = settings.input_columns(store.shard_schema(source))
-        result = tokenize_partition(store, name, key, store.iter_frames(source, columns), tokenizer, settings)
-        inputs = {f"{upstream}[{key}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version}
+        result = tokenize_partition(store, name, crawl_batch, store.iter_frames(source, columns), tokenizer, settings)
+        inputs = {f"{upstream}[{crawl_batch}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version}
         manifest = commit(context, store, version, result.files, inputs=inputs, stats=result.stats)
         catalog.catalog().record_materialization(manifest)
         return materialized(store, manifest, {**result.stats, "tokens_per_second": round(result.tokens_per_second)})

@@ -13,6 +13,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from resources.common.catalog import CatalogSettings
+from resources.common.storage import StorageSettings
 from resources.dedup.settings import DedupStageSettings
 from resources.evaluate.settings import EvaluationSettings
 from resources.filter.decontamination import DecontaminationSettings
@@ -33,19 +35,8 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class StorageSettings(_Section):
-    root: str = ".data"
-    storage_options: dict[str, object] = Field(default_factory=dict)
-
-
-class CatalogSettings(_Section):
-    path: str = ".data/catalog.duckdb"
-
-
 def _default_decontamination() -> DecontaminationSettings:
     return DecontaminationSettings(eval_sets={"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"})
-
-
 
 
 class Settings(_Section):

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
+from pydantic import BaseModel, ConfigDict
 
 from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS
 from resources.common.storage import Manifest, ShardStore
@@ -44,6 +45,12 @@ CREATE TABLE IF NOT EXISTS removed (
 """
 
 _LOCK_WAIT_S = 120.0
+
+
+class CatalogSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = ".data/catalog.duckdb"
 
 
 class CatalogLocked(RuntimeError):

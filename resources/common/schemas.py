@@ -47,6 +47,36 @@ REMOVED_SCHEMA: dict[str, pl.DataType] = {
     "detail": pl.String(),
     "duplicate_of": pl.String(),
 }
+
+# A synthetic document: a rewrite of a source document by a recipe and a model, with the source's
+# provenance.
+SYNTHETIC_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String(),  # hash of the output text (same normalization as ingest)
+    "text": pl.String(),
+    "source_doc_id": pl.String(),
+    "recipe": pl.String(),
+    "recipe_version": pl.String(),
+    "model": pl.String(),
+    "sampling": pl.String(),  # JSON of the recipe's sampling parameters
+    "seed": pl.Int64(),  # the seed this row was generated with
+    "finish_reason": pl.String(),
+    "prompt_tokens": pl.Int32(),
+    "output_tokens": pl.Int32(),
+    "source_tokens_cut": pl.Int32(),  # tokens of the source cut to fit the context (0: all of it)
+    # the source document's provenance, typed as ingest writes it
+    **{
+        c: DOCUMENT_SCHEMA[c]
+        for c in ("url", "domain", "crawl", "crawl_batch", "warc_path", "warc_record_id", "fetch_time")
+    },
+    "language": pl.String(),
+}
+# Removed rewrites also name their source and recipe.
+SYNTHETIC_REMOVED_SCHEMA: dict[str, pl.DataType] = {
+    **REMOVED_SCHEMA,
+    "source_doc_id": pl.String(),
+    "recipe": pl.String(),
+}
+
 # The removed columns the catalog indexes ("why is this document gone?").
 REMOVED_COLUMNS: list[str] = ["doc_id", "url", "stage", "rule", "detail", "duplicate_of"]
 
@@ -72,3 +102,18 @@ def removed_rows(frame: pl.DataFrame, stage: str, rule: pl.Expr | str, detail: p
         .cast(pl.String)
         .alias("duplicate_of"),
     )
+
+
+# A token shard: a flat token array (table "tokens") and its index (table "token_index"), one row
+# per document, tracing every token back to it (see resources/tokenize/shards.py).
+TOKENS = "tokens"
+TOKEN_INDEX = "token_index"
+TRAIN, VALIDATION = "train", "validation"
+TOKEN_INDEX_SCHEMA: dict[str, pl.DataType] = {
+    "doc_id": pl.String(),
+    "offset": pl.Int64(),
+    "length": pl.Int64(),
+    "prefix_length": pl.Int64(),
+    "split": pl.String(),
+    "text_bytes": pl.Int64(),
+}

@@ -24,6 +24,7 @@ from typing import Any
 
 import fsspec
 import polars as pl
+from pydantic import BaseModel, ConfigDict, Field
 
 from resources.common.schemas import DOCUMENTS
 
@@ -94,6 +95,15 @@ class Manifest:
         body.pop("data_version", None)
         body["files"] = [ShardInfo(**f) for f in body["files"]]
         return cls(**body)
+
+
+class StorageSettings(BaseModel):
+    """Where shards and manifests live: a local directory or an s3:// prefix."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    root: str = ".data"
+    storage_options: dict[str, object] = Field(default_factory=dict)
 
 
 class ShardStore:

@@ -28,6 +28,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
+from resources.common.schemas import TRAIN, VALIDATION
 from resources.common.storage import ShardStore
 from resources.evaluate.errors import CheckpointLoadError, EvalSetError, EvaluationError
 from resources.evaluate.settings import EvalSetSpec, GenerationSettings
@@ -35,7 +36,8 @@ from resources.filter.text_sources import TextSourceError, load_text, split_docu
 from resources.llm.backend import GenerationRequest, Sampling
 from resources.llm.model import inspect_model
 from resources.llm.vllm_backend import VLLMBackend
-from resources.tokenize.shards import TRAIN, VALIDATION, read_token_shards, split_of
+from resources.tokenize.reader import read_token_shards
+from resources.tokenize.shards import split_of
 from resources.tokenize.tokenizer import TokenizerError, TrainedTokenizer, load_tokenizer
 from resources.train.checkpoints import MANIFEST_FILE, CheckpointError, read_manifest, resolve_checkpoint
 

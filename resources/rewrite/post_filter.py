@@ -7,7 +7,8 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from resources.filter.heuristics import DocView, GopherRepetition, GopherRepetitionSettings
+from resources.filter.gopher import GopherRepetition, GopherRepetitionSettings
+from resources.filter.text_units import DocView
 
 TOO_SHORT = "rewrite_too_short"
 TRUNCATED = "rewrite_truncated"
@@ -73,5 +74,5 @@ class PostFilter:
         if self._repetition:
             doc = DocView(text)
             if len(doc.words) >= s.repetition_min_words and (failure := self._repetition(doc)):
-                return REPETITION, failure[1]
+                return REPETITION, failure.detail
         return None

@@ -24,7 +24,7 @@ from typing import Any, Literal, Self
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from resources.common.schemas import DOCUMENT_SCHEMA, REMOVED_SCHEMA, doc_id_of
+from resources.common.schemas import SYNTHETIC_REMOVED_SCHEMA, SYNTHETIC_SCHEMA, doc_id_of
 from resources.common.storage import stable_hash
 from resources.llm.backend import Backend, Generation, GenerationRequest
 from resources.llm.endpoint import EndpointBackend, EndpointSettings
@@ -39,27 +39,6 @@ LOGIC_VERSION = "2"  # bump when this package changes what it writes for the sam
 
 SOURCE_COLUMNS = ("doc_id", "text", "url", "crawl", "crawl_batch", "warc_path", "warc_record_id", "fetch_time")
 OPTIONAL_SOURCE_COLUMNS = ("domain", "language")  # copied when the source has them, null otherwise
-OUTPUT_SCHEMA: dict[str, pl.DataType] = {
-    "doc_id": pl.String(),  # hash of the output text (same normalization as ingest)
-    "text": pl.String(),
-    "source_doc_id": pl.String(),
-    "recipe": pl.String(),
-    "recipe_version": pl.String(),
-    "model": pl.String(),
-    "sampling": pl.String(),  # JSON of the recipe's sampling parameters
-    "seed": pl.Int64(),  # the seed this row was generated with
-    "finish_reason": pl.String(),
-    "prompt_tokens": pl.Int32(),
-    "output_tokens": pl.Int32(),
-    "source_tokens_cut": pl.Int32(),  # tokens of the source cut to fit the context (0: all of it)
-    # the source document's provenance, typed as ingest writes it
-    **{
-        c: DOCUMENT_SCHEMA[c]
-        for c in ("url", "domain", "crawl", "crawl_batch", "warc_path", "warc_record_id", "fetch_time")
-    },
-    "language": pl.String(),
-}
-REMOVED_OUTPUT_SCHEMA: dict[str, pl.DataType] = {**REMOVED_SCHEMA, "source_doc_id": pl.String(), "recipe": pl.String()}
 
 
 class RewriteSettings(BaseModel):
@@ -153,8 +132,8 @@ class RewriteStats:
 
 @dataclass
 class ShardResult:
-    kept: pl.DataFrame  # OUTPUT_SCHEMA
-    removed: pl.DataFrame  # REMOVED_OUTPUT_SCHEMA
+    kept: pl.DataFrame  # SYNTHETIC_SCHEMA
+    removed: pl.DataFrame  # SYNTHETIC_REMOVED_SCHEMA
     stats: RewriteStats
 
 
@@ -292,10 +271,10 @@ class Rewriter:
         )
         table = pl.concat([generated, sources], how="horizontal").with_columns(
             pl.lit(None, dtype).alias(c)
-            for c, dtype in OUTPUT_SCHEMA.items()
+            for c, dtype in SYNTHETIC_SCHEMA.items()
             if c not in sources.columns and c not in generated.columns
         )
-        kept = table.filter(pl.col("rule").is_null()).select(pl.col(c).cast(t) for c, t in OUTPUT_SCHEMA.items())
+        kept = table.filter(pl.col("rule").is_null()).select(pl.col(c).cast(t) for c, t in SYNTHETIC_SCHEMA.items())
         removed = (
             table.filter(pl.col("rule").is_not_null())
             .select(
@@ -309,7 +288,7 @@ class Rewriter:
                 pl.col("source_doc_id"),
                 pl.col("recipe"),
             )
-            .cast(REMOVED_OUTPUT_SCHEMA)
+            .cast(SYNTHETIC_REMOVED_SCHEMA)
         )
         stats.prompts = len(jobs)
         stats.prompts_cut = sum(prompt.source_tokens_cut > 0 for _, _, prompt in jobs)

@@ -10,8 +10,8 @@ import posixpath
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.common.partition_stage import upstream_manifest
+from resources.common.schemas import TOKEN_INDEX, TOKENS
 from resources.common.storage import ShardInfo, ShardStore, sha256_bytes
-from resources.tokenize.shards import TOKEN_INDEX, TOKENS
 from resources.train.data import TokenFile, TokenSource
 
 TRAINING_MIXTURE = "training_mixture"

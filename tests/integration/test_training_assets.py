@@ -21,11 +21,11 @@ from assets.train import CHECKPOINT
 from definitions import build_definitions
 from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
 from resources.common.catalog import LineageCatalog
+from resources.common.schemas import TOKEN_INDEX, TOKENS
 from resources.common.storage import ShardStore
 from resources.evaluate.history import EVALUATION, RESULTS, read_history
 from resources.evaluate.scoring import CheckpointLoadError, EvalSetError
 from resources.settings import Settings
-from resources.tokenize.shards import TOKEN_INDEX, TOKENS
 from tests.conftest import SAMPLE_DIR, chain_settings
 
 

@@ -18,7 +18,15 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS, doc_id_of
+from resources.common.schemas import (
+    DOCUMENTS,
+    PROVENANCE_COLUMNS,
+    REMOVED,
+    REMOVED_COLUMNS,
+    SYNTHETIC_REMOVED_SCHEMA,
+    SYNTHETIC_SCHEMA,
+    doc_id_of,
+)
 from resources.common.storage import Manifest, ShardStore
 from resources.common.versioning import OutputVersion
 from resources.llm.backend import Backend, Generation, GenerationRequest
@@ -29,7 +37,7 @@ from resources.rewrite.post_filter import PostFilter, PostFilterSettings
 from resources.rewrite.prompts import PromptBuilder
 from resources.rewrite.recipes import LIBRARY, Recipe, recipe_fingerprint, resolve_recipes, sample_point
 from resources.rewrite.resume import RewriteOutput, rewrite_partition
-from resources.rewrite.rewriter import OUTPUT_SCHEMA, REMOVED_OUTPUT_SCHEMA, Rewriter, RewriteSettings
+from resources.rewrite.rewriter import Rewriter, RewriteSettings
 from resources.settings import PROJECT_ROOT
 from tests.vllm_fixtures import TINY_MAX_MODEL_LEN, free_port
 
@@ -325,7 +333,7 @@ def test_vllm_rewrites_with_complete_provenance(tiny_model: Path, vllm_backend) 
     assert stats.selected == {"encyclopedic": 12, "qa_pairs": english}
     assert stats.prompts == 12 + english == kept.height + removed.height
     assert stats.prompts_cut == 1 + (frame["language"][3] == "en") and stats.source_tokens_cut > 1000
-    assert dict(kept.schema) == OUTPUT_SCHEMA and dict(removed.schema) == REMOVED_OUTPUT_SCHEMA
+    assert dict(kept.schema) == SYNTHETIC_SCHEMA and dict(removed.schema) == SYNTHETIC_REMOVED_SCHEMA
     assert kept["doc_id"].to_list() == [doc_id_of(t) for t in kept["text"]]
     assert kept["doc_id"].is_unique().all() and (kept["text"].str.len_chars() > 0).all()
     assert set(kept["finish_reason"]) <= {"stop", "length"}
@@ -358,7 +366,7 @@ def test_vllm_post_filter_reasons_and_empty_selection(tiny_model: Path, vllm_bac
         tiny_model, recipes={"encyclopedic": {"sampling": {"max_tokens": 8}, "selection": {"crawls": ["CC-NONE"]}}}
     )
     empty = Rewriter(nothing, backend=vllm_backend).rewrite(frame)
-    assert empty.kept.height == 0 and empty.removed.height == 0 and dict(empty.kept.schema) == OUTPUT_SCHEMA
+    assert empty.kept.height == 0 and empty.removed.height == 0 and dict(empty.kept.schema) == SYNTHETIC_SCHEMA
     assert empty.stats.documents == 6 and empty.stats.selected == {"encyclopedic": 0} and empty.stats.prompts == 0
 
 
@@ -401,7 +409,7 @@ def test_endpoint_backend_against_a_vllm_server(tiny_model: Path, vllm_server: s
         result = rewriter.rewrite(frame)
     assert result.kept.height + result.removed.height == result.stats.prompts > 10
     assert result.stats.prompts_cut >= 1
-    assert dict(result.kept.schema) == OUTPUT_SCHEMA
+    assert dict(result.kept.schema) == SYNTHETIC_SCHEMA
     assert (result.kept["output_tokens"] > 0).all() and (result.kept["prompt_tokens"] <= TINY_MAX_MODEL_LEN).all()
 
 

@@ -12,19 +12,13 @@ import numpy as np
 import polars as pl
 import pytest
 
+from resources.common.schemas import TOKEN_INDEX, TOKEN_INDEX_SCHEMA, TOKENS, TRAIN, VALIDATION
 from resources.common.storage import Manifest, ShardStore
+from resources.tokenize.reader import TokenShard, check_vocab, read_token_shards
 from resources.tokenize.shards import (
-    INDEX_SCHEMA,
-    TOKEN_INDEX,
-    TOKENS,
-    TRAIN,
-    VALIDATION,
-    TokenShard,
     TokenShardError,
     TokenShardSettings,
-    check_vocab,
     encode_partition,
-    read_token_shards,
     shard_dtype,
     split_of,
     tokenize_partition,
@@ -98,7 +92,7 @@ def test_every_token_traces_back_to_its_document(
 
     for shard, frame in zip(shards, [frames[0], frames[2]], strict=True):
         assert isinstance(shard.tokens, np.memmap) and shard.tokens.dtype == np.dtype("<u2")
-        assert shard.index is not None and shard.index.schema == pl.Schema(INDEX_SCHEMA)
+        assert shard.index is not None and shard.index.schema == pl.Schema(TOKEN_INDEX_SCHEMA)
         assert shard.index.get_column("doc_id").to_list() == frame.get_column("doc_id").to_list()
         assert shard.index.get_column("text_bytes").to_list() == frame.get_column("text").str.len_bytes().to_list()
         assert (shard.index.get_column("prefix_length") == 0).all()
@@ -215,7 +209,7 @@ def test_an_empty_partition_writes_no_tokens(store: ShardStore, documents: pl.Da
         manifest, shards = materialize(store, frames, tokenizer)
         assert manifest.files == [] and shards == []
         assert (manifest.stats["documents"], manifest.stats["tokens"]) == (0, 0)
-    empty = TokenShard.open(b"", "uint16", pl.DataFrame(schema=INDEX_SCHEMA))
+    empty = TokenShard.open(b"", "uint16", pl.DataFrame(schema=TOKEN_INDEX_SCHEMA))
     assert empty.tokens.size == 0 and list(empty.spans()) == []
 
 
