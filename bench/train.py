@@ -1,27 +1,19 @@
 """Training benchmark: our engine (`resources.train.trainer.train`) against a minimal PyTorch loop.
 
-Why: the engine adds a memory-mapped mixture loader, an LR schedule, gradient clipping, loss
-bookkeeping with NaN checks and atomic checkpoints around the model; none of that may cost
-throughput. The goal is ours / reference >= 1.0x tokens per second.
+Why: the engine's memory-mapped mixture loader, LR schedule, clipping, NaN checks and atomic
+checkpoints may not cost throughput; the goal is ours / reference >= 1.0x tokens per second. Both
+sides build the same model, batch, sequence length, precision (bf16 autocast on GPU, fp32 on CPU),
+AdamW and, with --compile, `torch.compile`:
 
-Both sides build the same model (`resources.train.presets`, SDPA attention) with the same batch,
-sequence length and precision (bf16 autocast on GPU, fp32 on CPU), AdamW (fused on CUDA, PyTorch's
-default elsewhere) and, with --compile, `torch.compile`:
+- reference: random token batches made on the device beforehand; per step forward with labels,
+  backward, AdamW step, zero_grad, nothing else. Timed from after its first (warm-up) step.
+- ours: the whole `train()` call on a token file of random ids, with the default loss read-back
+  every 10 steps and one checkpoint at the end; its own `tokens_per_s`, which leaves out the first
+  step and checkpoint writes.
 
-- reference: the loop everyone writes first. Random token batches made on the device beforehand;
-  per step `model(input_ids=x, labels=x).loss`, backward, AdamW step, zero_grad. Nothing else.
-  Timed from after its first step (warm-up) to a device sync after the last.
-- ours: the whole `train()` call on a token file of random ids (memmap, window sampling, host to
-  device copies), with its default loss read-back every 10 steps and one checkpoint at the end.
-  Its own `tokens_per_s` is used: it excludes the first step and checkpoint writes, like the
-  reference's timing excludes its warm-up.
+MFU uses the same FLOPs per token and peak for both. Runs alternate --repeats times and the best of
+each counts (a shared machine is noisy).
 
-MFU = training FLOPs per token (6N + attention, `resources.train.presets.flops_per_token`) x tokens/s / peak,
-with the same peak for both (H100: 989 TFLOP/s bf16; CPU: a nominal 100 GFLOP/s per thread).
-Runs alternate (ours, reference, ours, ...) --repeats times and the best of each counts, because
-a shared machine is noisy.
-
-    .venv/bin/python bench/train.py                                          # CPU, tiny model
     .venv/bin/python bench/train.py --threads 1 --repeats 5                  # steadier on a busy CPU
     .venv/bin/python bench/train.py --device cuda --preset small --seq-len 1024 --batch 16 --compile
 """

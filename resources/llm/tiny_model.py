@@ -1,14 +1,9 @@
 """A tiny Llama-architecture model and byte-level BPE tokenizer, built locally in seconds.
 
 Tests, the demo and the rewriting benchmark need a model vLLM can load, and nothing may be
-downloaded, so the project builds one: a BPE tokenizer trained with HF `tokenizers` on local
-text, and a randomly initialised `LlamaForCausalLM` saved with `save_pretrained` (the same
-layout the training stage writes, so the rewriter loads either the same way). Random weights
-generate gibberish, which is all a test of the machinery needs.
-
-The architecture respects what vLLM's CPU attention kernels accept (head_dim 64: hidden 128,
-2 heads). Everything is seeded, so the same inputs give byte-identical files, and the directory
-is a few MB.
+downloaded: a BPE tokenizer trained on local text and a seeded, randomly initialised
+`LlamaForCausalLM` saved with `save_pretrained` (the training stage's layout) are enough to test the
+machinery. head_dim is 64 (hidden 128, 2 heads), as vLLM's CPU attention kernels require.
 """
 
 from __future__ import annotations
