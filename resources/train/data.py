@@ -134,11 +134,9 @@ class TokenSource:
         return cls(spec["name"], files, float(spec.get("weight", 1.0)))
 
 
-def with_replay(
-    sources: Sequence[TokenSource], replay_files: Sequence[TokenFile], fraction: float, name: str = "replay"
-) -> list[TokenSource]:
+def with_replay(sources: Sequence[TokenSource], old: Sequence[TokenFile], fraction: float) -> list[TokenSource]:
     """Continual pre-training mix: the new sources keep their relative weights and get 1 - fraction
-    of the rows, a source over earlier shards gets `fraction` (a small replay rate stabilises CPT)."""
+    of the rows, a source over the `old` shards gets `fraction` (a small replay rate stabilises CPT)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"replay fraction must be in [0, 1), got {fraction}")
     total = sum(s.weight for s in sources)
@@ -146,9 +144,9 @@ def with_replay(
         raise DataError("no new training data to mix replay into")
     mixed = [TokenSource(s.name, s.files, s.weight / total * (1.0 - fraction)) for s in sources]
     if fraction > 0:
-        if not replay_files:
+        if not old:
             raise DataError("replay requested but no earlier token files given")
-        mixed.append(TokenSource(name, list(replay_files), fraction))
+        mixed.append(TokenSource("replay", list(old), fraction))
     return mixed
 
 

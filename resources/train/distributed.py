@@ -57,7 +57,3 @@ class Placement:
             dist.all_reduce(values)
             values /= self.world
         return values
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()

@@ -51,12 +51,6 @@ def meco_cooldown(store: ShardStore, mixture: dict[str, dict], continuing: bool)
     return mixture_token_sources(store, mixture, drop_prefix=True) if prefixed and not continuing else None
 
 
-def run_name(shaping: dict[str, object], inputs: dict[str, str], continue_from: str | None) -> str:
-    """One run directory per (settings, data, parent): rerunning after a kill resumes it; new data
-    or settings start a new generation beside the old ones."""
-    return f"run-{stable_hash([shaping, inputs, continue_from])[:12]}"
-
-
 def train_generation(
     store: ShardStore,
     config: TrainConfig,
@@ -81,8 +75,11 @@ def train_generation(
     inputs.update(tokenizer_inputs)
     inputs[TRAINING_MIXTURE] = mixture_version
     root = store.local_dir(CHECKPOINT, None)  # remote stores: trained locally, final step uploaded
+    # One run directory per (settings, data, parent): rerunning after a kill resumes it; new data or
+    # settings start a new generation beside the old ones.
+    run_name = f"run-{stable_hash([config.output_shaping(), inputs, continue_from])[:12]}"
     spec = RunSpec(
-        out_dir=str(root / run_name(config.output_shaping(), inputs, continue_from)),
+        out_dir=str(root / run_name),
         vocab_size=tokenizer.vocab_size,
         tokenizer_path=str(tokenizer_dir),
         eos_token_id=tokenizer.eos_id,

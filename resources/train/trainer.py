@@ -20,8 +20,6 @@ Why it is built this way:
   optimizer) into a fresh run: the step counter starts at 0, so the LR warms up again (re-warming
   ends better than keeping the decayed LR), and replay comes from a source over the old shards
   (`resources.train.data.with_replay`). Each manifest lists every shard of the whole lineage.
-- **Bad inputs fail first.** Empty data and token ids outside the vocabulary raise `DataError`
-  before a model is built.
 """
 
 from __future__ import annotations
@@ -64,7 +62,8 @@ from resources.train.throughput import Throughput, default_peak_flops
 
 log = logging.getLogger(__name__)
 
-SCHEDULE_SETTINGS = {"schedule", "lr", "min_lr_ratio", "warmup_steps", "max_steps", "decay_fraction"}  # `lr_at` reads
+# What `lr_at` reads, saved in the trainer state.
+SCHEDULE_SETTINGS = {"schedule", "lr", "min_lr_ratio", "warmup_steps", "max_steps", "decay_fraction"}
 
 
 @dataclass
@@ -130,9 +129,9 @@ def train(
     """Train (or resume, or continue) a model on the given token sources; see the module docstring.
 
     `progress` is called on rank 0 every `log_every` steps with step, loss, lr, tokens_seen and
-    tokens_per_s (the Dagster asset logs them). Raises `DataError` for unusable data,
-    `CheckpointError` for an unusable `continue_from` or a resume with another model shape, and
-    `NonFiniteLossError` when training diverges.
+    tokens_per_s (the Dagster asset logs them). Raises `DataError` for unusable data (empty, or ids
+    outside the vocabulary) before a model is built, `CheckpointError` for an unusable `continue_from`
+    or a resume with another model shape, and `NonFiniteLossError` when training diverges.
     """
     placement = Placement.setup(config.device)
     run: _Run | None = None
@@ -195,7 +194,6 @@ class _Run:
         self.lineage: dict[str, Any] = {"continued_from": None, "parent_trained_on": [], "parent_tokens": 0}
         self.forward_model: torch.nn.Module | None = None  # the model as called: compiled and/or DDP-wrapped
 
-    # -- set-up ------------------------------------------------------------------------
     def _build(self) -> dict[str, Any] | None:
         """Model and optimizer, restored from a checkpoint of this run or a parent run. Returns the
         trainer state being resumed, if any."""
@@ -240,7 +238,6 @@ class _Run:
             self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
         return state
 
-    # -- the loop ----------------------------------------------------------------------
     def execute(self) -> TrainResult:
         config = self.config
         state = self._build()
@@ -315,7 +312,6 @@ class _Run:
                 }
             )
 
-    # -- results and checkpoints ---------------------------------------------------------
     def _metrics(self) -> dict[str, Any]:
         return {
             "loss": self.losses[-1],
@@ -341,13 +337,13 @@ class _Run:
         )
 
     def _save(self) -> None:
-        """Rank 0 writes (atomically, see resources.train.checkpoints); the others wait for it."""
+        """Rank 0 writes (atomically, see resources.train.checkpoints); the others wait for it in the
+        broadcast of its path."""
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise NonFiniteLossError(self.step, "the weights became non-finite", self.last_checkpoint)
         if self.dist.rank == 0:
             self.last_checkpoint = save_checkpoint(self.run_dir, self.step, self._write_files, self._manifest())
             log.info("saved %s (loss %.4f)", self.last_checkpoint, self.losses[-1])
-        self.dist.barrier()
         self.last_checkpoint = self.dist.from_rank0(self.last_checkpoint)
 
     def _manifest(self) -> dict[str, Any]:
