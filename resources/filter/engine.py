@@ -39,9 +39,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _file_digests(paths: list[str]) -> dict[str, str]:
+def _file_digests(paths: list[str | None]) -> dict[str, str]:
     """Input files shape outputs as much as thresholds do: their content joins the code version."""
-    return {path: digest for path in paths if (digest := file_digest(path)) is not None}
+    return {path: digest for path in paths if path and (digest := file_digest(path)) is not None}
 
 
 class FilterSettings(_Section):
@@ -78,19 +78,13 @@ class QualityStageSettings(_Section):
         classifier = self.classifier
         return {
             "classifier": classifier.model_dump(exclude={"keep_threshold", "keep_top_fraction"}),
-            "negatives_per_partition": self.negatives_per_partition,
-            "retrain_on_new_data": self.retrain_on_new_data,
-            "files": _file_digests(
-                [*classifier.reference_files, *([classifier.model_path] if classifier.model_path else [])]
-            ),
+            **self.model_dump(include={"negatives_per_partition", "retrain_on_new_data"}),
+            "files": _file_digests([*classifier.reference_files, classifier.model_path]),
         }
 
     def keep_shaping(self) -> dict[str, object]:
         """What decides which scored documents are kept (the scores come with the model)."""
-        return {
-            "keep_threshold": self.classifier.keep_threshold,
-            "keep_top_fraction": self.classifier.keep_top_fraction,
-        }
+        return self.classifier.model_dump(include={"keep_threshold", "keep_top_fraction"})
 
 
 @dataclass
