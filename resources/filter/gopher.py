@@ -50,10 +50,9 @@ _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 class GopherRepetition(Rule):
     """Drops documents made of repeated lines, paragraphs or n-grams (boilerplate, spam).
 
-    Fractions of characters are taken over the whole text, as in datatrove. N-grams are
-    counted as 64-bit keys with numpy; the duplicate n-gram scan (sequential by definition)
-    only visits positions whose shortest checked n-gram occurs twice: a longer n-gram can
-    only repeat where its prefix does, and most positions hold a unique one.
+    Fractions of characters are taken over the whole text, as in datatrove. The duplicate n-gram
+    scan (sequential by definition) only visits positions whose shortest checked n-gram occurs
+    twice: a longer n-gram can only repeat where its prefix does, and most positions hold a unique one.
     """
 
     name = "gopher_repetition"

@@ -23,7 +23,8 @@ from typing import Annotated, Self
 import fasttext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_LABEL_PREFIX = "__label__"
+from resources.filter.fasttext_file import LABEL_PREFIX
+
 UNDETERMINED = "und"  # ISO 639-2 "undetermined": documents with no text to judge
 NOT_KEPT = "language_not_kept"
 LOW_SCORE = "language_low_score"
@@ -89,7 +90,7 @@ class LanguageIdentifier:
         except ValueError as exc:  # fastText's message for a file that is not a model
             raise ValueError(f"cannot load language-ID model {path}: {exc}") from exc
         self.model_path = path
-        self.labels = frozenset(label.removeprefix(_LABEL_PREFIX) for label in self._model.get_labels())
+        self.labels = frozenset(label.removeprefix(LABEL_PREFIX) for label in self._model.get_labels())
         check_codes(self.settings.languages, self.labels, path.name)
         bars = self.settings.min_score_by_language
         self._thresholds = {code: bars.get(code, self.settings.min_score) for code in self.settings.languages}
@@ -108,7 +109,7 @@ class LanguageIdentifier:
             return languages, scores
         labels, probabilities = self._model.predict([texts[i].replace("\n", " ") for i in todo], k=1)
         for i, label, probability in zip(todo, labels, probabilities, strict=True):
-            languages[i] = label[0].removeprefix(_LABEL_PREFIX)
+            languages[i] = label[0].removeprefix(LABEL_PREFIX)
             scores[i] = min(float(probability[0]), 1.0)  # fastText's softmax can overshoot 1 by ~1e-5
         return languages, scores
 

@@ -32,10 +32,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resources.common.storage import sha256_bytes
-from resources.filter.fasttext_file import check_fasttext_file
+from resources.filter.fasttext_file import LABEL_PREFIX, check_fasttext_file
 from resources.filter.text_sources import read_documents
-
-LABEL_PREFIX = "__label__"
 
 
 class QualityDataError(ValueError):
@@ -132,13 +130,11 @@ class ValidationMetrics:
     def of(cls, positive_scores: np.ndarray, negative_scores: np.ndarray) -> ValidationMetrics:
         true_pos = int(np.count_nonzero(positive_scores >= 0.5))
         false_pos = int(np.count_nonzero(negative_scores >= 0.5))
-        false_neg = len(positive_scores) - true_pos
-        true_neg = len(negative_scores) - false_pos
         precision = true_pos / (true_pos + false_pos) if true_pos + false_pos else 0.0
-        recall = true_pos / (true_pos + false_neg) if true_pos + false_neg else 0.0
+        recall = true_pos / len(positive_scores) if len(positive_scores) else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         examples = len(positive_scores) + len(negative_scores)
-        return cls(precision, recall, f1, (true_pos + true_neg) / examples, examples)
+        return cls(precision, recall, f1, (true_pos + len(negative_scores) - false_pos) / examples, examples)
 
 
 @dataclass(frozen=True)
