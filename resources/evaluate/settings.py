@@ -67,15 +67,7 @@ class EvaluationSettings(_Section):
     def output_shaping(self) -> dict[str, object]:
         """What changes the numbers (not device or batch size). Eval sets by content, not path:
         editing a set re-evaluates, moving the checkout does not."""
-        shaping = self.model_dump(
-            exclude={
-                "eval_sets": True,
-                "device": True,
-                "batch_size": True,
-                "regression_tolerance": True,
-                "generation": {"vllm": True},
-            }
-        )
+        shaping = self.model_dump(exclude={"device", "batch_size", "regression_tolerance"})
         shaping["generation"]["vllm"] = self.generation.vllm.output_shaping()  # its dtype changes the samples
         shaping["eval_sets"] = {
             # a remote or missing set by its path: a missing set fails clearly when the asset runs
