@@ -121,7 +121,7 @@ def funnel_plot(funnel: pl.DataFrame, stages: Sequence[str]) -> Plot:
 
 def removed_plot(removed: pl.DataFrame) -> Plot:
     """Documents removed per rule (`stage, rule, crawl_batch, removed`), stacked by crawl batch."""
-    rules = removed.group_by("stage", "rule").agg(pl.col("removed").sum()).sort("removed")
+    rules = removed.group_by("stage", "rule").agg(pl.col("removed").sum()).sort("removed", "stage", "rule")
     labels = [f"{s.replace('_documents', '')}: {r}" for s, r in rules.select("stage", "rule").iter_rows()]
     axes = Figure(figsize=(7, 0.9 + 0.28 * max(len(labels), 1))).add_subplot()
     left = [0] * len(labels)

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Self
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from resources.common.config import Section
 from resources.common.schemas import removed_rows
 from resources.common.storage import ShardStore
 from resources.common.versioning import file_digest
@@ -35,16 +36,12 @@ QUALITY_STAGE = "quality"
 LOW_QUALITY = "quality_low_score"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def _file_digests(paths: list[str | None]) -> dict[str, str]:
     """Input files shape outputs as much as thresholds do: their content joins the code version."""
     return {path: digest for path in paths if path and (digest := file_digest(path)) is not None}
 
 
-class FilterSettings(_Section):
+class FilterSettings(Section):
     language: LanguageSettings = Field(default_factory=LanguageSettings)
     heuristics: HeuristicSettings = Field(default_factory=HeuristicSettings)
     keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
@@ -60,7 +57,7 @@ class FilterSettings(_Section):
         }
 
 
-class QualityStageSettings(_Section):
+class QualityStageSettings(Section):
     classifier: QualitySettings = Field(
         default_factory=lambda: QualitySettings(
             reference_files=["data/reference/wikitext2_reference.txt"], keep_top_fraction=0.8
