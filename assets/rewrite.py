@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from assets.commit import stage_check_specs, stage_result, target
+from assets.commit import stage_check_specs, stage_result, target, writing
 from assets.dedup import DEDUPED
 from assets.partitions import crawl_batches
 from resources.common.versioning import OutputVersion
@@ -32,26 +32,28 @@ def build_synthetic_documents(settings: RewriteSettings) -> dg.AssetsDefinition:
     def synthetic_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, crawl_batch) = storage.store(), target(context)
-        with Rewriter(settings) as rewriter:  # shuts the engine down: a vLLM step would hang at exit
-            output = rewrite_partition(
+        _, crawl_batch = target(context)
+        with writing(context, storage) as store:
+            with Rewriter(settings) as rewriter:  # shuts the engine down: a vLLM step would hang at exit
+                output = rewrite_partition(
+                    store,
+                    rewriter,
+                    version,
+                    asset=SYNTHETIC,
+                    upstream=DEDUPED,
+                    partition=crawl_batch,
+                    run_id=context.run_id,
+                    on_shard=lambda i, n, stats: context.log.info(f"shard {i + 1}/{n}: {stats.to_dict()}"),
+                )
+            # Several recipes write several documents per source: the keep rate may exceed 1.
+            return stage_result(
+                context,
                 store,
-                rewriter,
-                version,
-                asset=SYNTHETIC,
-                upstream=DEDUPED,
-                partition=crawl_batch,
-                run_id=context.run_id,
-                on_shard=lambda i, n, stats: context.log.info(f"shard {i + 1}/{n}: {stats.to_dict()}"),
+                catalog.catalog(),
+                output,
+                (0.0, float(len(settings.recipes)) + 1.0),
+                {"output_tokens": output.stats.output_tokens, "model": rewriter.model_name},
+                overlap_exempt={DUPLICATE_OUTPUT},
             )
-        # Several recipes write several documents per source: the keep rate may exceed 1.
-        return stage_result(
-            store,
-            catalog.catalog(),
-            output,
-            (0.0, float(len(settings.recipes)) + 1.0),
-            {"output_tokens": output.stats.output_tokens, "model": rewriter.model_name},
-            overlap_exempt={DUPLICATE_OUTPUT},
-        )
 
     return synthetic_documents
