@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -19,7 +18,7 @@ from dagster._core.loader import LoadingContextForTest
 from assets.partitions import crawl_batches
 from definitions import build_definitions
 from resources.common.catalog import LineageCatalog
-from resources.llm.tiny_model import build_tiny_model
+from resources.llm.tiny_model import ensure_rewriting_model
 from resources.settings import Settings, load_settings
 
 
@@ -94,8 +93,8 @@ def materialize_stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> lis
 
 
 def run(settings: Settings, instance: dg.DagsterInstance) -> None:
-    if settings.rewrite is not None and not Path(settings.rewrite.model_path).exists():
-        build_tiny_model(settings.rewrite.model_path)  # the demo's stand-in for a real rewriting model
+    if settings.rewrite is not None:
+        ensure_rewriting_model(settings.rewrite.model_path, settings.rewrite.tiny_model_if_missing)
     defs = build_definitions(settings)
     started = time.perf_counter()
     tick = tick_sensor(defs, instance)
@@ -106,8 +105,8 @@ def run(settings: Settings, instance: dg.DagsterInstance) -> None:
     with pl.Config(tbl_rows=100, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
         print(
             catalog.query(
-                "SELECT asset, count(*) AS crawl_batches, CAST(sum(rows) AS BIGINT) AS documents FROM materializations"
-                " WHERE asset LIKE '%documents' GROUP BY asset ORDER BY min(created_at)"
+                "SELECT asset, count(*) AS crawl_batches, CAST(sum(rows) AS BIGINT) AS documents"
+                " FROM current_materializations WHERE asset LIKE '%documents' GROUP BY asset ORDER BY min(created_at)"
             )
         )
         print(catalog.query("SELECT stage, rule, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"))

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import polars as pl
@@ -139,6 +140,14 @@ def refuse_credentials(options: dict[str, Any], where: str) -> dict[str, Any]:
     return options
 
 
+def refuse_url_credentials(url: str | None, where: str) -> str | None:
+    """A URL with a password in it (`s3://key:secret@bucket`, `https://user:pass@host`) is refused
+    for the same reason: URLs are shown in descriptions, logs and metadata."""
+    if url and "://" in url and urlsplit(url).password is not None:
+        raise ValueError(f"{where}: a password in the URL is not accepted; use `credentials_env`")
+    return url
+
+
 class CredentialsEnv(BaseModel):
     """Names of environment variables holding an object store's credentials (fsspec's `key`,
     `secret`, `token`): only the names are configuration; the values are read when a file system
@@ -178,6 +187,11 @@ class StorageSettings(BaseModel):
     @classmethod
     def _no_credentials(cls, options: dict[str, object]) -> dict[str, object]:
         return refuse_credentials(options, "storage.storage_options")
+
+    @field_validator("root")
+    @classmethod
+    def _no_password(cls, root: str) -> str:
+        return refuse_url_credentials(root, "storage.root")
 
     def store(self) -> ShardStore:
         return ShardStore(
@@ -227,7 +241,8 @@ class ShardStore:
         """`<root>/<asset>/<partition>`: both checked to be single safe path components, and the
         result checked to stay inside the asset's folder (symbolic links resolved, locally)."""
         asset_dir = self.path(check_name("asset", asset))
-        directory = posixpath.join(asset_dir, check_name("partition key", partition or UNPARTITIONED))
+        key = UNPARTITIONED if partition is None else partition
+        directory = posixpath.join(asset_dir, check_name("partition key", key))
         inside = posixpath.normpath(directory).startswith(posixpath.normpath(asset_dir) + "/")
         if self._is_local and inside:
             inside = os.path.realpath(directory).startswith(os.path.realpath(asset_dir) + os.sep)
@@ -240,7 +255,7 @@ class ShardStore:
     def writing(self, asset: str, partition: str | None, owner: str, log: Callable[[str], None] = print):
         """Hold the partition's lock while writing and committing it (see `partition_lock`):
         another run writing the same partition is waited for, at most `lock_timeout_s`."""
-        key = (asset, partition or UNPARTITIONED)
+        key = (asset, UNPARTITIONED if partition is None else partition)
         self.partition_dir(asset, partition)  # a bad key fails before any lock file is made
         what = f"{asset}[{key[1]}]"
         lock = self.path(LOCKS_DIR, asset, f"{key[1]}.lock")
@@ -362,6 +377,7 @@ class ShardStore:
         if self._is_local:
             return Path(self.partition_dir(asset, partition))
         cache = Path(os.environ.get("CRAWL2CKPT_CACHE") or tempfile.gettempdir()) / "crawl2ckpt-cache"
+        self.partition_dir(asset, partition)  # the mirror's path is checked like the partition's
         return cache / hashlib.sha256(self.root.encode()).hexdigest()[:12] / asset / (partition or UNPARTITIONED)
 
     def local_partition(self, manifest: Manifest) -> Path:
@@ -373,6 +389,10 @@ class ShardStore:
         directory = self.partition_dir(manifest.asset, manifest.partition)
         for info in manifest.files:
             local = root / info.path
+            if not local.resolve().is_relative_to(root.resolve()):
+                raise UnsafeName(
+                    f"{manifest.asset}[{manifest.partition}]: manifest names a file outside it: {info.path}"
+                )
             if local.exists() and local.stat().st_size == info.bytes:
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)

@@ -71,6 +71,14 @@ class LmEvalSettings(BaseModel):
         description="extra keyword arguments for the backend, e.g. gpu_memory_utilization or max_model_len for vllm",
     )
 
+    @field_validator("model_args")
+    @classmethod
+    def _no_remote_code(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """A model directory's own Python code never runs here: checkpoints come from storage."""
+        if args.get("trust_remote_code"):
+            raise ValueError("trust_remote_code is refused: models are loaded without running code they ship")
+        return args
+
     @field_validator("tasks")
     @classmethod
     def _task_names(cls, tasks: dict[str, LocalTask]) -> dict[str, LocalTask]:
@@ -250,8 +258,8 @@ def load_harness_model(lm_eval: Any, checkpoint_dir: Path, settings: LmEvalSetti
         "pretrained": str(checkpoint_dir),
         "tokenizer": str(checkpoint_dir),
         "dtype": settings.dtype,
-        "trust_remote_code": False,
         **settings.model_args,
+        "trust_remote_code": False,
     }
     extra: dict[str, Any] = {"batch_size": settings.batch_size}
     if settings.backend == "hf":

@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import fsspec
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from resources.common.storage import CredentialsEnv, ShardStore, check_name, refuse_credentials, stable_hash
+from resources.common.storage import (
+    CredentialsEnv,
+    ShardStore,
+    check_name,
+    refuse_credentials,
+    refuse_url_credentials,
+    stable_hash,
+)
 from resources.ingest.warc import crawl_of
 
 BATCHES_DIR = "crawl_batches"
@@ -49,6 +56,11 @@ class SourceSettings(BaseModel):
     @classmethod
     def _no_credentials(cls, options: dict[str, object]) -> dict[str, object]:
         return refuse_credentials(options, "source.storage_options")
+
+    @field_validator("url", "listing", "listing_base_url")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        return refuse_url_credentials(url, "source")
 
     def fs_options(self) -> dict[str, object]:
         """The fsspec options to open crawl files with, credentials read from the environment now."""

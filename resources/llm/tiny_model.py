@@ -22,6 +22,8 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+from resources.llm.model import inspect_model
+
 DEFAULT_TEXT_FILES = (Path(__file__).resolve().parents[2] / "data" / "reference" / "wikitext2_reference.txt",)
 BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"
 _MARKER = "tiny_model.json"  # what the directory was built from; an unchanged spec is not rebuilt
@@ -117,6 +119,16 @@ def build_tiny_model(
     fast.save_pretrained(out)
     marker.write_text(json.dumps(spec, indent=2, sort_keys=True))
     return out
+
+
+def ensure_rewriting_model(model_path: str | Path, tiny_model_if_missing: bool) -> Path:
+    """The rewriting model directory: checked (`inspect_model`), or, only when the settings ask
+    for it (`rewrite.tiny_model_if_missing`, the demo's stand-in), built as the tiny model. A
+    configured path that does not exist is an error: a typo must not train on random rewrites."""
+    path = Path(model_path)
+    if tiny_model_if_missing and not path.exists():
+        build_tiny_model(path)
+    return inspect_model(path).path
 
 
 def train_tiny_checkpoint(

@@ -49,6 +49,11 @@ class RewriteSettings(BaseModel):
 
     model_path: str = Field(description="a Hugging Face model directory: built by tiny_model, or a training checkpoint")
     tokenizer_path: str | None = Field(default=None, description="default: model_path")
+    tiny_model_if_missing: bool = Field(
+        default=False,
+        description="demos and tests only: build the tiny random-weight Llama at model_path when nothing is "
+        "there. Off, a model_path that does not exist is an error, never a silently built random model",
+    )
     model_name: str | None = Field(default=None, description="the `model` column; default: directory name + hash")
     backend: Literal["vllm", "endpoint"] = "vllm"
     max_model_len: int | None = Field(default=None, ge=32, description="default: the model's max_position_embeddings")
