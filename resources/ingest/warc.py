@@ -21,6 +21,7 @@ from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 _RECORD_TYPES = WarcRecordType.response | WarcRecordType.conversion
 _GZIP_MAGIC = b"\x1f\x8b"
+_MEMBER_HEADER = b"\x1f\x8b\x08"  # gzip magic and the deflate method: where a member starts
 
 
 @dataclass(slots=True)
@@ -82,11 +83,11 @@ def iter_pages(
         except OSError as exc:  # FastWARC's only signal for headers or gzip data it cannot read
             damage = _skip_damaged_member(stream, max(last_start, resume_at)) if "gzip" in str(exc).lower() else None
             if damage is not None:
-                start, resume_at = damage
-                lost += 1
-                stats.skips["corrupt_gzip_member"] += 1
+                start, resume_at, members = damage
+                lost += members
+                stats.skips["corrupt_gzip_member"] += members
                 stats.file_errors[warc_path] = (
-                    f"{lost} gzip member(s) not decompressible (the last at bytes {start}-{resume_at}), "
+                    f"{lost} gzip member(s) not decompressible (the last damage at bytes {start}-{resume_at}), "
                     "one record lost each; the records after them were read"
                 )
                 continue
@@ -103,12 +104,12 @@ def iter_pages(
         stats.file_errors[warc_path] = "truncated: the file ends inside a gzip member"
 
 
-def _skip_damaged_member(stream: BinaryIO, good_start: int) -> tuple[int, int] | None:
-    """Where the damaged gzip member starts and where the next sound one holding a WARC record
-    does, or None (not gzip, not seekable, or nothing readable after the damage). Common Crawl
-    writes one record per member, so the bytes in between held one record. Members are walked
-    from `good_start`, the last record read whole, since FastWARC skips unwanted record types
-    (warcinfo, request, metadata) without telling where they were."""
+def _skip_damaged_member(stream: BinaryIO, good_start: int) -> tuple[int, int, int] | None:
+    """Where the damage starts, where the next sound member holding a WARC record starts, and
+    how many gzip members the damaged stretch holds (Common Crawl writes one record per member:
+    that many records are lost). None: not gzip, not seekable, or nothing readable after the
+    damage. Members are walked from `good_start`, the last record read whole, since FastWARC
+    skips unwanted record types (warcinfo, request, metadata) without telling where they were."""
     if not stream.seekable():
         return None
     stream.seek(0)
@@ -117,19 +118,19 @@ def _skip_damaged_member(stream: BinaryIO, good_start: int) -> tuple[int, int] |
     damaged = good_start
     while (end := _member_end(stream, damaged)) is not None:
         damaged = end
-    position = damaged + 1
+    members, position, carry = 1, damaged + 1, b""
     stream.seek(position)
-    carry = b""
     while chunk := stream.read(1 << 20):
         window = carry + chunk
         base = position - len(carry)
-        found = window.find(_GZIP_MAGIC)
+        found = window.find(_MEMBER_HEADER)
         while found != -1:
-            if _starts_a_record(stream, base + found):
-                return damaged, base + found
-            found = window.find(_GZIP_MAGIC, found + 1)
+            if base + found > damaged and _starts_a_record(stream, base + found):
+                return damaged, base + found, members
+            members += base + found > damaged
+            found = window.find(_MEMBER_HEADER, found + 1)
         position += len(chunk)
-        carry = window[-1:]
+        carry = window[-(len(_MEMBER_HEADER) - 1) :]
         stream.seek(position)
     return None
 
