@@ -4,6 +4,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .venv-bench
+# The UI has no login: it listens on loopback unless you say otherwise (UI_HOST=0.0.0.0 make ui).
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CRAWL2CKPT_CONFIG ?= $(CURDIR)/configs/demo.yaml
 
@@ -35,7 +38,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not slow'
 
 ui: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(VENV)/bin/dagster dev -h $(UI_HOST) -p $(UI_PORT) -w workspace.yaml
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
