@@ -30,6 +30,7 @@ import fsspec
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from resources.common.config import Section
 from resources.common.partition_lock import LOCKS_DIR, lease_lock, local_lock
 from resources.common.schemas import DOCUMENTS
 
@@ -148,12 +149,10 @@ def refuse_url_credentials(url: str | None, where: str) -> str | None:
     return url
 
 
-class CredentialsEnv(BaseModel):
+class CredentialsEnv(Section):
     """Names of environment variables holding an object store's credentials (fsspec's `key`,
     `secret`, `token`): only the names are configuration; the values are read when a file system
     is opened, so they never appear in settings, the UI, manifests or logs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     key: str | None = None
     secret: str | None = None

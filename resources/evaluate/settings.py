@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from resources.common.config import Section
 from resources.common.versioning import file_digest
 from resources.evaluate.lm_eval_tasks import LmEvalSettings
 from resources.llm.vllm_backend import VLLMSettings
@@ -19,16 +20,12 @@ DEFAULT_PROMPTS = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EvalSetSpec(_Section):
+class EvalSetSpec(Section):
     path: str = Field(description="text or jsonl file (local path or fsspec URL); jsonl: a `text` field per line")
     encoding: str | None = Field(default=None, description="default: detected (BOM, UTF-16, UTF-8, cp1252)")
 
 
-class GenerationSettings(_Section):
+class GenerationSettings(Section):
     """Samples to read next to the numbers: fixed prompts and seed, so checkpoints compare."""
 
     backend: Literal["vllm", "transformers", "none"] = "vllm"
@@ -40,7 +37,7 @@ class GenerationSettings(_Section):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(Section):
     eval_sets: dict[str, str | EvalSetSpec] = Field(
         default_factory=lambda: {"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"},
         description="name -> file; scored besides the project's held-out split",
@@ -67,15 +64,7 @@ class EvaluationSettings(_Section):
     def output_shaping(self) -> dict[str, object]:
         """What changes the numbers (not device or batch size). Eval sets by content, not path:
         editing a set re-evaluates, moving the checkout does not."""
-        shaping = self.model_dump(
-            exclude={
-                "eval_sets": True,
-                "device": True,
-                "batch_size": True,
-                "regression_tolerance": True,
-                "generation": {"vllm": True},
-            }
-        )
+        shaping = self.model_dump(exclude={"device", "batch_size", "regression_tolerance"})
         shaping["generation"]["vllm"] = self.generation.vllm.output_shaping()  # its dtype changes the samples
         shaping["eval_sets"] = {
             # a remote or missing set by its path: a missing set fails clearly when the asset runs
