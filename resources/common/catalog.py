@@ -26,8 +26,9 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from resources.common.config import Section
 from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS
 from resources.common.storage import Manifest, ShardStore
 
@@ -56,9 +57,7 @@ CREATE VIEW IF NOT EXISTS current_materializations AS SELECT * FROM materializat
 """
 
 
-class CatalogSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class CatalogSettings(Section):
     path: str = ".data/catalog.duckdb"
     lock_timeout_s: float = Field(
         default=120.0, gt=0, description="how long a writer waits for another process's DuckDB lock"

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 
 import fsspec
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from resources.common.config import Section
 from resources.common.partition_lock import LOCKS_DIR, lease_lock, local_lock
@@ -123,7 +123,7 @@ class Manifest:
 
 
 # Option names that carry secrets (fsspec's s3fs/gcsfs/adlfs and botocore spellings).
-_SECRET_OPTION = re.compile(r"^(key|secret|token)$|secret|password|passwd|token|credential|access_key|account_key")
+_SECRET_OPTION = re.compile(r"^key$|secret|password|passwd|token|credential|access_key|account_key")
 
 
 def refuse_credentials(options: dict[str, Any], where: str) -> dict[str, Any]:
@@ -167,10 +167,8 @@ class CredentialsEnv(Section):
         return options
 
 
-class StorageSettings(BaseModel):
+class StorageSettings(Section):
     """Where shards and manifests live: a local directory or an s3:// prefix."""
-
-    model_config = ConfigDict(extra="forbid")
 
     root: str = ".data"
     storage_options: dict[str, object] = Field(default_factory=dict, description="fsspec options, no credentials")

@@ -211,3 +211,18 @@ def test_two_instances_ingest_one_partition_at_once(tmp_path: Path, crawl_dir: P
     assert catalog.query("SELECT count(*) FROM materializations").item() == 2
     current = catalog.query("SELECT rows FROM current_materializations WHERE asset = 'raw_documents'")
     assert current.rows() == [(store.read_manifest("raw_documents", key).rows,)]
+
+
+def test_crawl_file_gone_between_tick_and_ingest(settings: Settings, instance: dg.DagsterInstance) -> None:
+    """The batch whose file vanished fails alone, naming the file and why, and writes nothing;
+    the other batch ingests."""
+    defs = build_definitions(settings)
+    keys = [r.partition_key for r in tick_sensor(defs, instance).run_requests]
+    store = ShardStore(settings.storage.root)
+    gone = BatchRegistry(store).spec(keys[0])["files"][0]
+    Path(gone).unlink()
+    with pytest.raises(FileNotFoundError, match=f"{gone}: gone since the crawl sensor registered it"):
+        materialize(defs, instance, ["raw_documents"], keys[0])
+    assert store.read_manifest("raw_documents", keys[0]) is None
+    assert not list((Path(settings.storage.root) / "raw_documents" / keys[0]).glob("*"))
+    assert materialize(defs, instance, ["raw_documents"], keys[1]).success
