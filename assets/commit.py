@@ -1,12 +1,14 @@
-"""One way for an asset to run an engine on its partition and commit what it wrote: a manifest named
-after the asset partition, carrying the code version and config hash Dagster was given, the run
-id and the input data versions; the catalog fed from what the engine produced; the manifest's hash
-returned as the materialization's data version, with the metadata every stage reports."""
+"""One way for an asset to run an engine on its partition and commit what it wrote: the partition
+held by one writer at a time (`writing`), a manifest named after the asset partition, carrying the
+code version and config hash Dagster was given, the run id and the input data versions; the catalog
+fed from what the engine produced (`record`); the manifest's hash returned as the materialization's
+data version, with the metadata every stage reports."""
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,35 @@ STAGE_CHECKS = ("keep_rate_in_bounds", "no_row_both_kept_and_removed")
 def target(context: dg.AssetExecutionContext) -> tuple[str, str | None]:
     """The asset partition a step writes: the asset's name and its partition key (None if unpartitioned)."""
     return context.asset_key.to_user_string(), context.partition_key if context.has_partition_key else None
+
+
+@contextmanager
+def writing(context: dg.AssetExecutionContext, storage: StorageResource) -> Iterator[ShardStore]:
+    """The store, with this step holding its asset partition: a second run writing the same
+    partition waits for it (at most `storage.lock_timeout_s`, saying whom it waits for), so
+    neither commit collects the other's fresh shards. Wrap everything from the first write to
+    the catalog record."""
+    asset, partition = target(context)
+    store = storage.store()
+    with store.writing(asset, partition, f"run {context.run_id}", context.log.warning):
+        yield store
+
+
+def record(
+    context: dg.AssetExecutionContext,
+    catalog: LineageCatalog,
+    manifest: Manifest,
+    documents: pl.DataFrame | None = None,
+    removed: pl.DataFrame | None = None,
+) -> None:
+    """Lineage for a committed manifest. The data is already published, so a catalog held by
+    another process too long does not fail the step: the record is queued and applied later."""
+    if not catalog.record_materialization(manifest, documents, removed):
+        context.log.warning(
+            f"lineage catalog {catalog.path} stayed locked by another process for {catalog.lock_timeout_s:g} s: "
+            f"this record is queued in {catalog.pending_dir} and applied by the next catalog write "
+            "(or `crawl2ckpt sync-catalog`)"
+        )
 
 
 def commit(
@@ -79,25 +110,26 @@ def run_stage(
     """A per-crawl-batch stage after ingest: `process(shard) -> (kept, removed)` over the upstream
     partition, committed, recorded in the catalog and reported; `check_results(output)` adds the
     stage's own checks."""
-    store = storage.store()
     asset, partition = target(context)
-    output = run_partition_stage(
-        store,
-        version,
-        asset=asset,
-        upstream=upstream,
-        partition=partition,
-        run_id=context.run_id,
-        process=process,
-        extra_inputs=extra_inputs,
-        columns=columns,
-        finish=finish,
-    )
-    checks = check_results(output) if check_results else None
-    return stage_result(store, catalog.catalog(), output, keep_rate_bounds, metadata, checks)
+    with writing(context, storage) as store:
+        output = run_partition_stage(
+            store,
+            version,
+            asset=asset,
+            upstream=upstream,
+            partition=partition,
+            run_id=context.run_id,
+            process=process,
+            extra_inputs=extra_inputs,
+            columns=columns,
+            finish=finish,
+        )
+        checks = check_results(output) if check_results else None
+        return stage_result(context, store, catalog.catalog(), output, keep_rate_bounds, metadata, checks)
 
 
 def stage_result(
+    context: dg.AssetExecutionContext,
     store: ShardStore,
     catalog: LineageCatalog,
     output: StageOutput,
@@ -110,7 +142,7 @@ def stage_result(
     must pass. `overlap_exempt`: removal rules whose rows share a doc_id with a kept row by design
     (a second identical generated output is removed as `duplicate_output`, the first is kept)."""
     manifest = output.manifest
-    catalog.record_materialization(manifest, output.documents, output.removed)
+    record(context, catalog, manifest, output.documents, output.removed)
     kept_ids = set() if output.documents is None else set(output.documents.get_column("doc_id"))
     judged = None if output.removed is None else output.removed.filter(~pl.col("rule").is_in(list(overlap_exempt)))
     both = 0 if judged is None else len(kept_ids.intersection(judged.get_column("doc_id")))
@@ -151,25 +183,26 @@ def stage_result(
 
 def corpus_model(
     context: dg.AssetExecutionContext,
-    store: ShardStore,
+    storage: StorageResource,
     version: OutputVersion,
-    build: Callable[[Path], tuple[Path, dict[str, Any], dict[str, str]]],
+    build: Callable[[ShardStore, Path], tuple[Path, dict[str, Any], dict[str, str]]],
     publish: Callable[[ShardStore, str, Path, Manifest], Manifest],
     retrain_on_new_data: bool = False,
 ) -> dg.MaterializeResult:
-    """A model trained on the corpus (tokenizer, quality classifier): `build(workdir)` returns the
+    """A model trained on the corpus (tokenizer, quality classifier): `build(store, workdir)` returns the
     model's local path, its metadata and the input partitions it read; `publish` stores the file or
     folder. The published model is kept when only new crawl batches arrived (unless
     `retrain_on_new_data`): the same data version, so nothing it feeds goes stale and a new batch is
     processed alone. Changed settings (a new code version) build it again."""
     asset, _ = target(context)
-    previous = store.read_manifest(asset, None)
-    if not retrain_on_new_data and previous is not None and previous.code_version == version.code_version:
-        return dg.MaterializeResult(
-            data_version=dg.DataVersion(previous.data_version), metadata={**previous.stats, "reused": True}
-        )
-    with tempfile.TemporaryDirectory() as workdir:
-        path, stats, inputs = build(Path(workdir))
-        manifest = version.manifest(asset, None, context.run_id, inputs=inputs, stats=stats)
-        manifest = publish(store, asset, path, manifest)
+    with writing(context, storage) as store:
+        previous = store.read_manifest(asset, None)
+        if not retrain_on_new_data and previous is not None and previous.code_version == version.code_version:
+            return dg.MaterializeResult(
+                data_version=dg.DataVersion(previous.data_version), metadata={**previous.stats, "reused": True}
+            )
+        with tempfile.TemporaryDirectory() as workdir:
+            path, stats, inputs = build(store, Path(workdir))
+            manifest = version.manifest(asset, None, context.run_id, inputs=inputs, stats=stats)
+            manifest = publish(store, asset, path, manifest)
     return materialized(store, manifest, manifest.stats)

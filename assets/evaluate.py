@@ -4,7 +4,7 @@ import posixpath
 
 import dagster as dg
 
-from assets.commit import commit
+from assets.commit import commit, record, writing
 from assets.dedup import DEDUPED
 from assets.tokenize import TOKEN_SHARDS
 from assets.train import CHECKPOINT
@@ -41,23 +41,26 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
     def evaluation(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store = storage.store()
-        result = evaluate(
-            store,
-            settings,
-            code_version=version.code_version,
-            run_id=context.run_id,
-            checkpoint_asset=CHECKPOINT,
-            documents_asset=DEDUPED,
-            tokens_asset=TOKEN_SHARDS,
-            validation_fraction=validation_fraction,
-            log=context.log.warning,
-        )
-        described = result.described
-        inputs = {CHECKPOINT: described["checkpoint_data_version"], TRAINING_MIXTURE: described["mixture_data_version"]}
-        stats = {"evaluation_id": described["evaluation_id"], "checkpoint": described["checkpoint"]}
-        manifest = commit(context, store, version, result.files, inputs=inputs, stats=stats)
-        catalog.catalog().record_materialization(manifest)
+        with writing(context, storage) as store:
+            result = evaluate(
+                store,
+                settings,
+                code_version=version.code_version,
+                run_id=context.run_id,
+                checkpoint_asset=CHECKPOINT,
+                documents_asset=DEDUPED,
+                tokens_asset=TOKEN_SHARDS,
+                validation_fraction=validation_fraction,
+                log=context.log.warning,
+            )
+            described = result.described
+            inputs = {
+                CHECKPOINT: described["checkpoint_data_version"],
+                TRAINING_MIXTURE: described["mixture_data_version"],
+            }
+            stats = {"evaluation_id": described["evaluation_id"], "checkpoint": described["checkpoint"]}
+            manifest = commit(context, store, version, result.files, inputs=inputs, stats=stats)
+            record(context, catalog.catalog(), manifest)
         decontamination = catalog.catalog().decontamination()
         samples = [(s.prompt, s.text, s.finish_reason) for s in result.samples]
         return dg.MaterializeResult(
@@ -102,10 +105,10 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
     "versions, bits-per-byte on each eval set. One row per checkpoint; tells whether new data helped.",
 )
 def model_comparison(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-    store = storage.store()
-    table = comparison_table(store)
-    shard = store.write_parquet_shard(MODEL_COMPARISON, None, 0, table, "comparison")
-    manifest = commit(context, store, COMPARISON_VERSION, [shard], stats={"checkpoints": table.height})
+    with writing(context, storage) as store:
+        table = comparison_table(store)
+        shard = store.write_parquet_shard(MODEL_COMPARISON, None, 0, table, "comparison")
+        manifest = commit(context, store, COMPARISON_VERSION, [shard], stats={"checkpoints": table.height})
     shown = table.drop("evaluation_id", "checkpoint_data_version", "mixture_data_version", "checkpoint")
     return dg.MaterializeResult(
         data_version=dg.DataVersion(manifest.data_version),

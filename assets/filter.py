@@ -65,9 +65,8 @@ def build_quality_classifier(settings: QualityStageSettings) -> dg.AssetsDefinit
         "or an existing model file (`quality.classifier.mode: load`).",
     )
     def quality_classifier(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        store = storage.store()
-        build = partial(quality_model, settings, store, FILTERED)
-        return corpus_model(context, store, version, build, publish_model, settings.retrain_on_new_data)
+        build = partial(quality_model, settings, filtered=FILTERED)
+        return corpus_model(context, storage, version, build, publish_model, settings.retrain_on_new_data)
 
     return quality_classifier
 

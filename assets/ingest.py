@@ -4,10 +4,11 @@ from functools import partial
 
 import dagster as dg
 
-from assets.commit import commit, materialized, target
+from assets.commit import commit, materialized, record, target, writing
 from assets.partitions import crawl_batches
 from resources.common.versioning import OutputVersion
 from resources.ingest.engine import IngestSettings, ingest_files
+from resources.ingest.sources import BatchRegistry, SourceSettings
 from resources.resources import CatalogResource, StorageResource
 
 RAW_DOCUMENTS = "raw_documents"
@@ -16,8 +17,8 @@ RAW_DOCUMENTS_LOGIC = "1"
 DOCUMENT_CHECKS = ("unique_doc_id", "no_empty_text", "provenance_complete")
 
 
-def build_raw_documents(settings: IngestSettings, source_options: dict | None = None) -> dg.AssetsDefinition:
-    """`source_options` are the fsspec options for opening crawl files (the source's, not the store's)."""
+def build_raw_documents(settings: IngestSettings, source: SourceSettings) -> dg.AssetsDefinition:
+    """`source` says how to open crawl files (its fsspec options and credentials, not the store's)."""
     version = OutputVersion(RAW_DOCUMENTS_LOGIC, settings.output_shaping())
 
     @dg.asset(
@@ -32,22 +33,23 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
     def raw_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, crawl_batch) = storage.store(), target(context)
-        spec = storage.batches().spec(crawl_batch)
-        result = ingest_files(
-            spec["files"],
-            crawl_batch=crawl_batch,
-            settings=settings,
-            write_shard=partial(store.write_parquet_shard, RAW_DOCUMENTS, crawl_batch),
-            crawl=spec["crawl"],
-            storage_options=source_options,
-            log=context.log.info,
-        )
-        for path, error in result.read.file_errors.items():
-            context.log.warning(f"{path}: {error}")
-        stats = {"records": result.read.records, "skips": dict(result.skips)}
-        manifest = commit(context, store, version, result.shards, stats=stats)
-        catalog.catalog().record_materialization(manifest, result.provenance)
+        _, crawl_batch = target(context)
+        with writing(context, storage) as store:
+            spec = BatchRegistry(store).spec(crawl_batch)
+            result = ingest_files(
+                spec["files"],
+                crawl_batch=crawl_batch,
+                settings=settings,
+                write_shard=partial(store.write_parquet_shard, RAW_DOCUMENTS, crawl_batch),
+                crawl=spec["crawl"],
+                storage_options=source.fs_options(),
+                log=context.log.info,
+            )
+            for path, error in result.read.file_errors.items():
+                context.log.warning(f"{path}: {error}")
+            stats = {"records": result.read.records, "skips": dict(result.skips)}
+            manifest = commit(context, store, version, result.shards, stats=stats)
+            record(context, catalog.catalog(), manifest, result.provenance)
         return materialized(
             store,
             manifest,

@@ -4,7 +4,7 @@ import posixpath
 
 import dagster as dg
 
-from assets.commit import commit
+from assets.commit import commit, writing
 from assets.evaluate import MODEL_COMPARISON
 from assets.ingest import RAW_DOCUMENTS
 from assets.train import CHECKPOINT
@@ -73,19 +73,19 @@ def decontamination_report(catalog: CatalogResource) -> dg.MaterializeResult:
 def report(
     context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
 ) -> dg.MaterializeResult:
-    store = storage.store()
-    sections = report_sections(store, catalog.catalog(), CHECKPOINT)
-    title = "crawl2ckpt report"
-    directory = store.partition_dir(REPORT, None)
-    files = []
-    for name, body in [
-        ("report.html", render_html(title, sections).encode()),
-        ("report.md", render_markdown(title, sections, inline_images=False).encode()),
-        *((f"{s.plot.name}.png", s.plot.png) for s in sections if s.plot is not None),
-    ]:
-        store.write_bytes(posixpath.join(directory, name), body)
-        files.append(ShardInfo(name, 0, len(body), sha256_bytes(body), name.rsplit(".", 1)[1]))
-    manifest = commit(context, store, REPORT_VERSION, files)
+    with writing(context, storage) as store:
+        sections = report_sections(store, catalog.catalog(), CHECKPOINT)
+        title = "crawl2ckpt report"
+        directory = store.partition_dir(REPORT, None)
+        files = []
+        for name, body in [
+            ("report.html", render_html(title, sections).encode()),
+            ("report.md", render_markdown(title, sections, inline_images=False).encode()),
+            *((f"{s.plot.name}.png", s.plot.png) for s in sections if s.plot is not None),
+        ]:
+            store.write_bytes(posixpath.join(directory, name), body)
+            files.append(ShardInfo(name, 0, len(body), sha256_bytes(body), name.rsplit(".", 1)[1]))
+        manifest = commit(context, store, REPORT_VERSION, files)
     return dg.MaterializeResult(
         data_version=dg.DataVersion(manifest.data_version),
         metadata={

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.commit import materialized, stage_check_specs, stage_result, target
+from assets.commit import materialized, stage_check_specs, stage_result, target, writing
 from assets.dedup import DEDUPED
 from assets.partitions import crawl_batches
 from resources.common.model_store import fetch_model, publish_directory
@@ -35,13 +35,14 @@ def build_rewriter_model(settings: RewriterModelSettings) -> dg.AssetsDefinition
         "hash of its files.",
     )
     def rewriter_model(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        store = storage.store()
-        with tempfile.TemporaryDirectory() as workdir:
+        with writing(context, storage) as store, tempfile.TemporaryDirectory() as workdir:
             model = prepare_model(settings, Path(workdir))
             context.log.info(f"verified {model.metadata['model_type']} model in {model.path}")
             manifest = version.manifest(REWRITER_MODEL, None, context.run_id, stats=model.metadata)
             manifest = publish_directory(store, REWRITER_MODEL, model.path, manifest)
-        return materialized(store, manifest, {**model.metadata, "bytes": manifest.bytes, "files": len(manifest.files)})
+            return materialized(
+                store, manifest, {**model.metadata, "bytes": manifest.bytes, "files": len(manifest.files)}
+            )
 
     return rewriter_model
 
@@ -64,28 +65,30 @@ def build_synthetic_documents(settings: RewriteSettings) -> dg.AssetsDefinition:
     def synthetic_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, crawl_batch) = storage.store(), target(context)
-        model_dir, model_manifest = fetch_model(store, REWRITER_MODEL)
-        with Rewriter(settings, model_dir) as rewriter:  # shuts the engine down: a vLLM step would hang at exit
-            output = rewrite_partition(
+        _, crawl_batch = target(context)
+        with writing(context, storage) as store:
+            model_dir, model_manifest = fetch_model(store, REWRITER_MODEL)
+            with Rewriter(settings, model_dir) as rewriter:  # shuts the engine down: a vLLM step would hang at exit
+                output = rewrite_partition(
+                    store,
+                    rewriter,
+                    version,
+                    asset=SYNTHETIC,
+                    upstream=DEDUPED,
+                    partition=crawl_batch,
+                    run_id=context.run_id,
+                    extra_inputs={REWRITER_MODEL: model_manifest.data_version},
+                    on_shard=lambda i, n, stats: context.log.info(f"shard {i + 1}/{n}: {stats.to_dict()}"),
+                )
+            # Several recipes write several documents per source: the keep rate may exceed 1.
+            return stage_result(
+                context,
                 store,
-                rewriter,
-                version,
-                asset=SYNTHETIC,
-                upstream=DEDUPED,
-                partition=crawl_batch,
-                run_id=context.run_id,
-                extra_inputs={REWRITER_MODEL: model_manifest.data_version},
-                on_shard=lambda i, n, stats: context.log.info(f"shard {i + 1}/{n}: {stats.to_dict()}"),
+                catalog.catalog(),
+                output,
+                (0.0, float(len(settings.recipes)) + 1.0),
+                {"output_tokens": output.stats.output_tokens, "model": rewriter.model_name},
+                overlap_exempt={DUPLICATE_OUTPUT},
             )
-        # Several recipes write several documents per source: the keep rate may exceed 1.
-        return stage_result(
-            store,
-            catalog.catalog(),
-            output,
-            (0.0, float(len(settings.recipes)) + 1.0),
-            {"output_tokens": output.stats.output_tokens, "model": rewriter.model_name},
-            overlap_exempt={DUPLICATE_OUTPUT},
-        )
 
     return synthetic_documents

@@ -4,11 +4,12 @@ from pathlib import Path
 
 import dagster as dg
 
-from assets.commit import commit, corpus_model, materialized, target
+from assets.commit import commit, corpus_model, materialized, record, target, writing
 from assets.dedup import DEDUPED
 from assets.partitions import crawl_batches
 from resources.common.model_store import fetch_model, publish_directory
 from resources.common.partition_stage import upstream_manifest
+from resources.common.storage import ShardStore
 from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, StorageResource
 from resources.tokenize.shards import TokenShardSettings, tokenize_partition
@@ -32,9 +33,7 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
         "smallest doc_id over all batches), loadable by AutoTokenizer; or an existing tokenizer (`mode: load`).",
     )
     def tokenizer(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        store = storage.store()
-
-        def build(workdir: Path) -> tuple[Path, dict, dict[str, str]]:
+        def build(store: ShardStore, workdir: Path) -> tuple[Path, dict, dict[str, str]]:
             inputs = {}
             if settings.mode == "load":
                 trained = load_tokenizer(settings.path)
@@ -45,7 +44,7 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
                 trained = train_tokenizer(sample_texts(frames, settings.sample_documents), settings, str(workdir))
             return Path(trained.path), {k: v for k, v in trained.metadata().items() if k != "path"}, inputs
 
-        return corpus_model(context, store, version, build, publish_directory, retrain_on_new_data)
+        return corpus_model(context, storage, version, build, publish_directory, retrain_on_new_data)
 
     return tokenizer
 
@@ -69,15 +68,17 @@ def build_token_shards(
     def token_shards(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store, (_, crawl_batch) = storage.store(), target(context)
-        tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
-        tokenizer = load_tokenizer(tokenizer_dir)
-        source = upstream_manifest(store, upstream, crawl_batch)
-        columns = settings.input_columns(store.shard_schema(source))
-        result = tokenize_partition(store, name, crawl_batch, store.iter_frames(source, columns), tokenizer, settings)
-        inputs = {f"{upstream}[{crawl_batch}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version}
-        manifest = commit(context, store, version, result.files, inputs=inputs, stats=result.stats)
-        catalog.catalog().record_materialization(manifest)
+        _, crawl_batch = target(context)
+        with writing(context, storage) as store:
+            tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
+            tokenizer = load_tokenizer(tokenizer_dir)
+            source = upstream_manifest(store, upstream, crawl_batch)
+            columns = settings.input_columns(store.shard_schema(source))
+            frames = store.iter_frames(source, columns)
+            result = tokenize_partition(store, name, crawl_batch, frames, tokenizer, settings)
+            inputs = {f"{upstream}[{crawl_batch}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version}
+            manifest = commit(context, store, version, result.files, inputs=inputs, stats=result.stats)
+            record(context, catalog.catalog(), manifest)
         return materialized(store, manifest, {**result.stats, "tokens_per_second": round(result.tokens_per_second)})
 
     return token_shards

@@ -3,7 +3,7 @@ history of generations, each naming the exact shards (and data versions) it was 
 
 import dagster as dg
 
-from assets.commit import commit, materialized
+from assets.commit import commit, materialized, record, writing
 from assets.tokenize import TOKENIZER
 from resources.common.model_store import fetch_model
 from resources.common.versioning import OutputVersion
@@ -32,20 +32,20 @@ def build_checkpoint(settings: TrainConfig) -> dg.AssetsDefinition:
     def checkpoint(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
-        store = storage.store()
-        tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
-        trained = train_generation(
-            store,
-            settings,
-            tokenizer_dir,
-            {TOKENIZER: tokenizer_manifest.data_version},
-            lambda values: context.log.info(f"step {values}"),
-        )
-        # collect=False: earlier generations stay, audits may ask about any of them
-        manifest = commit(
-            context, store, version, trained.files, inputs=trained.inputs, stats=trained.stats, collect=False
-        )
-        catalog.catalog().record_materialization(manifest)
+        with writing(context, storage) as store:
+            tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
+            trained = train_generation(
+                store,
+                settings,
+                tokenizer_dir,
+                {TOKENIZER: tokenizer_manifest.data_version},
+                lambda values: context.log.info(f"step {values}"),
+            )
+            # collect=False: earlier generations stay, audits may ask about any of them
+            manifest = commit(
+                context, store, version, trained.files, inputs=trained.inputs, stats=trained.stats, collect=False
+            )
+            record(context, catalog.catalog(), manifest)
         metadata = {
             "checkpoint": dg.MetadataValue.path(str(trained.checkpoint)),
             **trained.summary,
@@ -69,10 +69,10 @@ def build_training_mixture(settings: MixtureSettings, token_assets: dict[str, st
         "much each source is up- or down-sampled and names every input partition and data version.",
     )
     def training_mixture(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
-        store = storage.store()
-        sources = weigh(mixture_sources(store, token_assets), settings.weights)
-        files, inputs = write_mixture(store, sources)
-        manifest = commit(context, store, version, files, inputs=inputs)
+        with writing(context, storage) as store:
+            sources = weigh(mixture_sources(store, token_assets), settings.weights)
+            files, inputs = write_mixture(store, sources)
+            manifest = commit(context, store, version, files, inputs=inputs)
         return materialized(
             store,
             manifest,

@@ -103,8 +103,8 @@ def run(settings: Settings, instance: dg.DagsterInstance) -> None:
     with pl.Config(tbl_rows=100, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
         print(
             catalog.query(
-                "SELECT asset, count(*) AS crawl_batches, CAST(sum(rows) AS BIGINT) AS documents FROM materializations"
-                " WHERE asset LIKE '%documents' GROUP BY asset ORDER BY min(created_at)"
+                "SELECT asset, count(*) AS crawl_batches, CAST(sum(rows) AS BIGINT) AS documents"
+                " FROM current_materializations WHERE asset LIKE '%documents' GROUP BY asset ORDER BY min(created_at)"
             )
         )
         print(catalog.query("SELECT stage, rule, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"))

@@ -7,11 +7,13 @@ code versions at definition time, so these live in a YAML file chosen by
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from pathlib import Path
 
 import yaml
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from resources.common.catalog import CatalogSettings
 from resources.common.config import Section
@@ -119,10 +121,57 @@ def _absolute(path: str, base: Path) -> str:
     return str((base / path).resolve())
 
 
+class SettingsError(ValueError):
+    """A settings file that does not parse or validate: every problem, each naming its key."""
+
+
+class _SettingsLoader(yaml.SafeLoader):
+    """`yaml.safe_load` (no Python objects from YAML tags) with YAML 1.2 scalars: `1e-3` is a
+    float (YAML 1.1 reads it as a string) and only true/false are booleans (YAML 1.1 reads
+    `no`, `off`, `y` as booleans: Norway's language code `no` would become `false`)."""
+
+
+_SettingsLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_SettingsLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_settings(text: str, origin: str = "settings") -> Settings:
+    """Strict: a value of the wrong type is an error, never coerced (the string "no" is not a
+    boolean, "1e-3" in quotes is not a number), and an unknown key is an error naming it."""
+    try:
+        raw = yaml.load(text, Loader=_SettingsLoader) or {}  # a SafeLoader: no Python tags
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{origin}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise SettingsError(f"{origin}: the top level must be a mapping of sections, not {type(raw).__name__}")
+    try:
+        # JSON mode: strict, yet a string is still a path and a list a tuple, as in YAML.
+        return Settings.model_validate_json(json.dumps(raw, default=str), strict=True)
+    except ValidationError as exc:
+        problems = [_problem(error) for error in exc.errors()]
+        raise SettingsError(f"{origin}: {len(problems)} invalid setting(s):\n  " + "\n  ".join(problems)) from None
+
+
+def _problem(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        return f"{key}: unknown key"
+    return f"{key}: {error['msg']} (got {error['input']!r})"
+
+
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read the YAML named by the argument, else `$CRAWL2CKPT_CONFIG`, else configs/demo.yaml."""
     config_path = Path(path or os.environ.get("CRAWL2CKPT_CONFIG") or DEFAULT_CONFIG)
     if not config_path.is_file():
         raise FileNotFoundError(f"crawl2ckpt config not found: {config_path}")
-    raw = yaml.safe_load(config_path.read_text()) or {}
-    return Settings.model_validate(raw).resolved()
+    return parse_settings(config_path.read_text(), str(config_path)).resolved()

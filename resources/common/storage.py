@@ -9,27 +9,52 @@ commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import posixpath
+import re
 import tempfile
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import fsspec
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, field_validator
 
+from resources.common.config import Section
+from resources.common.partition_lock import LOCKS_DIR, lease_lock, local_lock
 from resources.common.schemas import DOCUMENTS
 
 MANIFEST_NAME = "_manifest.json"
 UNPARTITIONED = "__all__"
+TMP_PREFIX = ".tmp-"
+# An asset name or partition key becomes one path component: letters, digits, `.`, `_`, `-`; never
+# starting with a dot (no `..`, no hidden names), never a separator, at most 200 characters.
+_SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
+
+
+class UnsafeName(ValueError):
+    """An asset name or partition key that cannot safely become a path component."""
+
+
+def check_name(kind: str, name: str) -> str:
+    """`name` if it is one safe path component; a clear error before anything is written otherwise
+    (a key like `../raw_documents/x` would make one asset overwrite another's files)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name):
+        raise UnsafeName(
+            f"{kind} {name!r} cannot be used as a storage path: use letters, digits, '.', '_' and '-' only, "
+            "not starting with '.', at most 200 characters"
+        )
+    return name
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -97,24 +122,104 @@ class Manifest:
         return cls(**body)
 
 
-class StorageSettings(BaseModel):
+# Option names that carry secrets (fsspec's s3fs/gcsfs/adlfs and botocore spellings).
+_SECRET_OPTION = re.compile(r"^key$|secret|password|passwd|token|credential|access_key|account_key")
+
+
+def refuse_credentials(options: dict[str, Any], where: str) -> dict[str, Any]:
+    """Credentials written into settings end up in what the UI serves and in run records: refuse
+    them, naming the key, and say where they go instead."""
+    for name, value in options.items():
+        if _SECRET_OPTION.search(str(name).lower()):
+            raise ValueError(
+                f"{where}.{name}: credentials are not accepted in settings (they would be shown in the Dagster "
+                "UI and kept in run records); leave them to the standard AWS environment variables, or name "
+                "environment variables in `credentials_env` (e.g. {key: MY_KEY_VAR, secret: MY_SECRET_VAR})"
+            )
+        if isinstance(value, dict):
+            refuse_credentials(value, f"{where}.{name}")
+    return options
+
+
+def refuse_url_credentials(url: str | None, where: str) -> str | None:
+    """A URL with a password in it (`s3://key:secret@bucket`, `https://user:pass@host`) is refused
+    for the same reason: URLs are shown in descriptions, logs and metadata."""
+    if url and "://" in url and urlsplit(url).password is not None:
+        raise ValueError(f"{where}: a password in the URL is not accepted; use `credentials_env`")
+    return url
+
+
+class CredentialsEnv(Section):
+    """Names of environment variables holding an object store's credentials (fsspec's `key`,
+    `secret`, `token`): only the names are configuration; the values are read when a file system
+    is opened, so they never appear in settings, the UI, manifests or logs."""
+
+    key: str | None = None
+    secret: str | None = None
+    token: str | None = None
+
+    def resolve(self) -> dict[str, str]:
+        options = {}
+        for option, variable in self.model_dump(exclude_none=True).items():
+            if variable not in os.environ:
+                raise KeyError(f"environment variable {variable} (credentials_env.{option}) is not set")
+            options[option] = os.environ[variable]
+        return options
+
+
+class StorageSettings(Section):
     """Where shards and manifests live: a local directory or an s3:// prefix."""
 
-    model_config = ConfigDict(extra="forbid")
-
     root: str = ".data"
-    storage_options: dict[str, object] = Field(default_factory=dict)
+    storage_options: dict[str, object] = Field(default_factory=dict, description="fsspec options, no credentials")
+    credentials_env: CredentialsEnv = Field(default_factory=CredentialsEnv)
+    lock_timeout_s: float = Field(
+        default=600.0, gt=0, description="how long a step waits for another run writing the same partition"
+    )
+    lock_lease_s: float = Field(
+        default=300.0, ge=10, description="object stores: a writer's lease, renewed while it works"
+    )
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, object]) -> dict[str, object]:
+        return refuse_credentials(options, "storage.storage_options")
+
+    @field_validator("root")
+    @classmethod
+    def _no_password(cls, root: str) -> str:
+        return refuse_url_credentials(root, "storage.root")
+
+    def store(self) -> ShardStore:
+        return ShardStore(
+            self.root,
+            {**self.storage_options, **self.credentials_env.resolve()},
+            lock_timeout_s=self.lock_timeout_s,
+            lock_lease_s=self.lock_lease_s,
+        )
 
 
 class ShardStore:
     """An fsspec directory tree: `<root>/<asset>/<partition>/{part-*.parquet,removed-*.parquet,_manifest.json}`."""
 
-    def __init__(self, root: str, storage_options: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        root: str,
+        storage_options: dict[str, Any] | None = None,
+        *,
+        lock_timeout_s: float = 600.0,
+        lock_lease_s: float = 300.0,
+    ) -> None:
         self.root = root.rstrip("/")
         self.fs, self._root_path = fsspec.core.url_to_fs(self.root, **(storage_options or {}))
         self._is_local = "file" in _protocols(self.fs)
         if self._is_local:
             self.fs.makedirs(self._root_path, exist_ok=True)
+        self.lock_timeout_s, self.lock_lease_s = lock_timeout_s, lock_lease_s
+        # When this store began writing each partition it holds the lock of: temporary files older
+        # than that belong to a writer that died, and the commit removes them.
+        self._writing_since: dict[tuple[str, str], float] = {}
+        self._created = time.time()
 
     @property
     def is_local(self) -> bool:
@@ -130,7 +235,37 @@ class ShardStore:
         return path if self._is_local else self.fs.unstrip_protocol(path)
 
     def partition_dir(self, asset: str, partition: str | None) -> str:
-        return self.path(asset, partition or UNPARTITIONED)
+        """`<root>/<asset>/<partition>`: both checked to be single safe path components, and the
+        result checked to stay inside the asset's folder (symbolic links resolved, locally)."""
+        asset_dir = self.path(check_name("asset", asset))
+        key = UNPARTITIONED if partition is None else partition
+        directory = posixpath.join(asset_dir, check_name("partition key", key))
+        inside = posixpath.normpath(directory).startswith(posixpath.normpath(asset_dir) + "/")
+        if self._is_local and inside:
+            inside = os.path.realpath(directory).startswith(os.path.realpath(asset_dir) + os.sep)
+        if not inside:
+            raise UnsafeName(f"partition key {partition!r} resolves outside {asset_dir}")
+        return directory
+
+    # -- one writer per partition ------------------------------------------------------------
+    @contextlib.contextmanager
+    def writing(self, asset: str, partition: str | None, owner: str, log: Callable[[str], None] = print):
+        """Hold the partition's lock while writing and committing it (see `partition_lock`):
+        another run writing the same partition is waited for, at most `lock_timeout_s`."""
+        key = (asset, UNPARTITIONED if partition is None else partition)
+        self.partition_dir(asset, partition)  # a bad key fails before any lock file is made
+        what = f"{asset}[{key[1]}]"
+        lock = self.path(LOCKS_DIR, asset, f"{key[1]}.lock")
+        if self._is_local:
+            held = local_lock(Path(lock), owner, self.lock_timeout_s, what, log)
+        else:
+            held = lease_lock(self.fs, lock, owner, self.lock_timeout_s, self.lock_lease_s, what, log)
+        with held:
+            self._writing_since[key] = time.time()
+            try:
+                yield self
+            finally:
+                del self._writing_since[key]
 
     # -- atomic writes -----------------------------------------------------------------
     def write_bytes(self, path: str, data: bytes) -> None:
@@ -139,7 +274,7 @@ class ShardStore:
         parent = posixpath.dirname(path)
         if self._is_local:
             self.fs.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
             try:
                 with self.fs.open(tmp, "wb") as f:
                     f.write(data)
@@ -190,18 +325,23 @@ class ShardStore:
 
     def commit(self, manifest: Manifest, collect: bool = True) -> Manifest:
         """Publish a partition: write its manifest, then (unless `collect` is off, for assets that
-        keep a history, like checkpoints) drop shards no manifest names."""
+        keep a history, like checkpoints) drop shards no manifest names, and temporary files left
+        by a writer that died (older than this store's writing of the partition)."""
         manifest.created_at = manifest.created_at or datetime.now(UTC).isoformat()
         directory = self.partition_dir(manifest.asset, manifest.partition)
         self.write_bytes(posixpath.join(directory, MANIFEST_NAME), manifest.to_json().encode())
         if not collect:
             return manifest
         keep = {f.path.split("/", 1)[0] for f in manifest.files} | {MANIFEST_NAME}  # files or whole folders
+        since = self._writing_since.get((manifest.asset, manifest.partition or UNPARTITIONED), self._created)
         self.fs.invalidate_cache(directory)
-        for entry in self.fs.ls(directory, detail=False):
-            name = posixpath.basename(entry.rstrip("/"))
-            if name not in keep and not name.startswith(".tmp-"):
-                self.fs.rm(entry, recursive=True)
+        for entry in self.fs.ls(directory, detail=True):
+            name = posixpath.basename(entry["name"].rstrip("/"))
+            if name in keep:
+                continue
+            if name.startswith(TMP_PREFIX) and _modified(entry) >= since:
+                continue  # maybe another write of this process, still going
+            self.fs.rm(entry["name"], recursive=True)
         return manifest
 
     def read_manifest(self, asset: str, partition: str | None) -> Manifest | None:
@@ -249,6 +389,7 @@ class ShardStore:
         if self._is_local:
             return Path(self.partition_dir(asset, partition))
         cache = Path(os.environ.get("CRAWL2CKPT_CACHE") or tempfile.gettempdir()) / "crawl2ckpt-cache"
+        self.partition_dir(asset, partition)  # the mirror's path is checked like the partition's
         return cache / hashlib.sha256(self.root.encode()).hexdigest()[:12] / asset / (partition or UNPARTITIONED)
 
     def local_partition(self, manifest: Manifest) -> Path:
@@ -260,6 +401,10 @@ class ShardStore:
         directory = self.partition_dir(manifest.asset, manifest.partition)
         for info in manifest.files:
             local = root / info.path
+            if not local.resolve().is_relative_to(root.resolve()):
+                raise UnsafeName(
+                    f"{manifest.asset}[{manifest.partition}]: manifest names a file outside it: {info.path}"
+                )
             if local.exists() and local.stat().st_size == info.bytes:
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
@@ -289,6 +434,11 @@ class ShardStore:
         """One shard at a time, so memory stays bounded by the shard size."""
         for path in self.shard_paths(manifest, table):
             yield self.read_shard(path, columns)
+
+
+def _modified(entry: dict[str, Any]) -> float:
+    """A listing entry's modification time (local: `mtime`; object stores write no temporaries)."""
+    return float(entry.get("mtime") or 0.0)
 
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:

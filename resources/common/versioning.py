@@ -59,7 +59,7 @@ class OutputVersion:
     ) -> Manifest:
         return Manifest(
             asset=asset,
-            partition=partition or UNPARTITIONED,
+            partition=UNPARTITIONED if partition is None else partition,
             files=list(files),
             config_hash=self.config_hash,
             code_version=self.code_version,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from resources.evaluate.errors import CheckpointLoadError, EvalSetError
 
@@ -69,6 +69,14 @@ class LmEvalSettings(BaseModel):
         default_factory=dict,
         description="extra keyword arguments for the backend, e.g. gpu_memory_utilization or max_model_len for vllm",
     )
+
+    @field_validator("model_args")
+    @classmethod
+    def _no_remote_code(cls, args: dict[str, Any]) -> dict[str, Any]:
+        """A model directory's own Python code never runs here: checkpoints come from storage."""
+        if args.get("trust_remote_code"):
+            raise ValueError("trust_remote_code is refused: models are loaded without running code they ship")
+        return args
 
     def resolved(self, base: Path = PROJECT_ROOT) -> LmEvalSettings:
         """Relative task paths are taken from the project root, like every other path in the settings."""
@@ -230,8 +238,8 @@ def load_harness_model(lm_eval: Any, checkpoint_dir: Path, settings: LmEvalSetti
         "pretrained": str(checkpoint_dir),
         "tokenizer": str(checkpoint_dir),
         "dtype": settings.dtype,
-        "trust_remote_code": False,
         **settings.model_args,
+        "trust_remote_code": False,
     }
     extra: dict[str, Any] = {"batch_size": settings.batch_size}
     if settings.backend == "hf":

@@ -23,9 +23,8 @@ FROM documents WHERE asset = ? GROUP BY crawl, crawl_batch ORDER BY crawl, crawl
 
 FUNNEL_STAGES = ("raw_documents", "filtered_documents", "scored_documents", "deduplicated_documents")
 _FUNNEL_SQL = """
-SELECT crawl_batch, asset AS stage, rows AS documents FROM materializations WHERE asset IN ({stages})
-QUALIFY row_number() OVER (PARTITION BY asset, crawl_batch ORDER BY created_at DESC) = 1
-ORDER BY crawl_batch, stage
+SELECT crawl_batch, asset AS stage, rows AS documents FROM current_materializations
+WHERE list_contains(?, asset) ORDER BY crawl_batch, stage
 """
 _REMOVED_SQL = "SELECT stage, rule, crawl_batch, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"
 
@@ -55,7 +54,7 @@ def report_sections(store: ShardStore, lineage: LineageCatalog, checkpoint_asset
     funnel, removals by rule, decontamination and samples."""
     results, samples = read_history(store, RESULTS), read_history(store, SAMPLES)
     mixture, _ = read_mixture(store)
-    funnel = lineage.query(_FUNNEL_SQL.format(stages=", ".join(f"'{s}'" for s in FUNNEL_STAGES)))
+    funnel = lineage.query(_FUNNEL_SQL, [list(FUNNEL_STAGES)])
     removed = lineage.query(_REMOVED_SQL)
     latest = results.filter(pl.col("evaluation_id") == results.get_column("evaluation_id")[-1])
     checkpoint = latest.row(0, named=True)

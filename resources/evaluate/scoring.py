@@ -125,7 +125,7 @@ def load_checkpoint(path: str | Path, device: str = "auto") -> LoadedCheckpoint:
             root = resolve_checkpoint(root)
         manifest = read_manifest(root) if (root / MANIFEST_FILE).exists() else {}
         tokenizer = load_tokenizer(root)
-        model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(root, dtype=torch.float32, trust_remote_code=False)
     except (CheckpointError, TokenizerError) as exc:
         raise CheckpointLoadError(f"checkpoint {root} does not load: {exc}") from exc
     except Exception as exc:  # transformers raises many types for one cause: files that are not a model

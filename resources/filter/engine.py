@@ -142,7 +142,7 @@ def crawl_sample(store: ShardStore, asset: str, per_partition: int) -> tuple[lis
 
 
 def quality_model(
-    settings: QualityStageSettings, store: ShardStore, filtered: str, workdir: Path
+    settings: QualityStageSettings, store: ShardStore, workdir: Path, *, filtered: str
 ) -> tuple[Path, dict[str, object], dict[str, str]]:
     """The classifier's file, its metadata and the partitions it was trained on: the configured
     model (load mode), or one trained in `workdir` on the reference files against a sample of

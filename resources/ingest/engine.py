@@ -8,6 +8,7 @@ batches in flight, never by the size of the crawl.
 
 from __future__ import annotations
 
+import errno
 import os
 import threading
 import time
@@ -141,8 +142,13 @@ def _pages(
     for path in files:
         try:
             opened = fsspec.open(path, "rb", **storage_options).open()
-        except FileNotFoundError as exc:
-            raise FileNotFoundError(f"crawl file registered for this batch is gone: {path}") from exc
+        except OSError as exc:
+            # Not a counted skip: a rerun of a batch already ingested would silently lose the
+            # file's documents. The batch fails alone, saying which file and why.
+            raise CrawlFileUnavailable(
+                f"crawl file registered for this batch cannot be opened: {path}: {_why(exc)} "
+                "(restore it to ingest this batch; the batch's earlier output, if any, is unchanged)"
+            ) from exc
         with opened as stream:
             if _is_empty(opened):
                 read.files += 1
@@ -150,6 +156,18 @@ def _pages(
                 read.file_errors[path] = "empty file"
                 continue
             yield from iter_pages(stream, path, read, settings.max_record_bytes, content_types)
+
+
+class CrawlFileUnavailable(FileNotFoundError):
+    """A file named by a batch spec is gone or cannot be opened (moved, deleted, a symlink loop)."""
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.ELOOP:
+        return "a symbolic link loop"
+    if isinstance(exc, FileNotFoundError):
+        return "gone since the crawl sensor registered it"
+    return exc.strerror or str(exc)
 
 
 def _is_empty(stream) -> bool:

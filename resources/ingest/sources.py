@@ -7,16 +7,26 @@ registered ones with one read, however long the crawl's listing.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import gzip
+import os
 import posixpath
 import re
+import stat
 from dataclasses import dataclass
 
 import fsspec
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from resources.common.storage import ShardStore, stable_hash
+from resources.common.storage import (
+    CredentialsEnv,
+    ShardStore,
+    check_name,
+    refuse_credentials,
+    refuse_url_credentials,
+    stable_hash,
+)
 from resources.ingest.warc import crawl_of
 
 BATCHES_DIR = "crawl_batches"
@@ -39,7 +49,22 @@ class SourceSettings(BaseModel):
     max_files_per_tick: int = Field(default=1000, ge=1)
     interval_seconds: int = Field(default=60, ge=1)
     sensor_running: bool = Field(default=False, description="start the sensor with the daemon, no click needed")
-    storage_options: dict[str, object] = Field(default_factory=dict)
+    storage_options: dict[str, object] = Field(default_factory=dict, description="fsspec options, no credentials")
+    credentials_env: CredentialsEnv = Field(default_factory=CredentialsEnv)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _no_credentials(cls, options: dict[str, object]) -> dict[str, object]:
+        return refuse_credentials(options, "source.storage_options")
+
+    @field_validator("url", "listing", "listing_base_url")
+    @classmethod
+    def _no_password(cls, url: str | None) -> str | None:
+        return refuse_url_credentials(url, "source")
+
+    def fs_options(self) -> dict[str, object]:
+        """The fsspec options to open crawl files with, credentials read from the environment now."""
+        return {**self.storage_options, **self.credentials_env.resolve()}
 
 
 class SourceNotFound(FileNotFoundError):
@@ -56,31 +81,70 @@ class CrawlBatch:
         return {"key": self.key, "crawl": self.crawl, "files": list(self.files)}
 
 
-def list_crawl_files(source: SourceSettings) -> list[str]:
+def list_crawl_files(source: SourceSettings, skipped: dict[str, str] | None = None) -> list[str]:
     """Every crawl file the source offers now, sorted: a directory or prefix (local or s3://)
-    matched by patterns, or a Common Crawl `warc.paths`/`wet.paths` listing (gzip or plain)."""
+    matched by patterns, or a Common Crawl `warc.paths`/`wet.paths` listing (gzip or plain).
+    Entries that cannot be crawl files (a symbolic link loop or a dangling one, a listing line
+    climbing out of its base with `..`) are left out, each with its reason in `skipped`."""
+    skipped = {} if skipped is None else skipped
     if source.listing:
-        return _read_listing(source)
-    fs, root = fsspec.core.url_to_fs(source.url, **source.storage_options)
+        return _read_listing(source, skipped)
+    fs, root = fsspec.core.url_to_fs(source.url, **source.fs_options())
     if not fs.isdir(root):
         raise SourceNotFound(f"crawl source directory does not exist: {source.url}")
     found = set()
     for pattern in source.patterns:
         found.update(path for path in fs.find(root) if fnmatch.fnmatch(posixpath.basename(path), pattern))
-    return sorted(fs.unstrip_protocol(path) if _remote(fs) else path for path in found)
+    if _remote(fs):
+        return sorted(fs.unstrip_protocol(path) for path in found)
+    for path in list(found):
+        problem = _not_a_regular_file(path)
+        if problem:
+            skipped[path] = problem
+            found.discard(path)
+    return sorted(found)
 
 
-def _read_listing(source: SourceSettings) -> list[str]:
+def _not_a_regular_file(path: str) -> str | None:
+    """Why a local path is no crawl file, or None: `fs.find` does not follow symbolic links to
+    folders, but a link to a file is followed here, and a loop or a dangling link is named."""
     try:
-        with fsspec.open(source.listing, "rb", **source.storage_options) as f:
+        mode = os.stat(path).st_mode
+    except OSError as exc:
+        return f"unreadable ({'symbolic link loop' if exc.errno == errno.ELOOP else exc.strerror})"
+    return None if stat.S_ISREG(mode) else "not a regular file"
+
+
+def _read_listing(source: SourceSettings, skipped: dict[str, str]) -> list[str]:
+    try:
+        with fsspec.open(source.listing, "rb", **source.fs_options()) as f:
             data = f.read()
     except FileNotFoundError as exc:
         raise SourceNotFound(f"crawl listing does not exist: {source.listing}") from exc
     if data[:2] == b"\x1f\x8b":
         data = gzip.decompress(data)
     base = source.listing_base_url.rstrip("/")
-    paths = [line.strip() for line in data.decode().splitlines() if line.strip()]
-    return sorted({f"{base}/{path.lstrip('/')}" if base else path for path in paths})
+    paths = set()
+    for line in data.decode(errors="replace").splitlines():
+        path = line.strip()
+        problem = _unsafe_listing_line(path, bool(base))
+        if problem:
+            skipped[path] = problem
+        elif path:
+            paths.add(f"{base}/{path.lstrip('/')}" if base else path)
+    return sorted(paths)
+
+
+def _unsafe_listing_line(path: str, relative: bool) -> str | None:
+    """A listing line must name a file below the base URL: no `..` segment, no control
+    characters, and no URL of its own when a base is set."""
+    if any(ord(c) < 32 for c in path):
+        return "control characters in a listing line"
+    if ".." in re.split(r"[/\\]", path):
+        return "a '..' segment would leave the listing's base"
+    if relative and "://" in path:
+        return "a full URL where the listing's base URL is prepended"
+    return None
 
 
 def _remote(fs: fsspec.AbstractFileSystem) -> bool:
@@ -136,21 +200,32 @@ class BatchRegistry:
     def fingerprint(self) -> str:
         return stable_hash(self.index())[:16]
 
+    def _spec_path(self, key: str) -> str:
+        return self.store.path(BATCHES_DIR, f"{check_name('crawl batch', key)}.json")
+
     def register(self, batches: list[CrawlBatch]) -> None:
         """Specs first, index last: a crash in between leaves specs the index does not name
-        yet, and the next tick, seeing their files as new, writes them again under the same keys."""
+        yet, and the next tick, seeing their files as new, writes them again under the same keys.
+        The Dagster partitions come after both (the sensor adopts registered batches that are
+        not partitions yet, so a crash before they were added loses nothing)."""
+        if not batches:
+            return
         for batch in batches:
-            self.store.write_json(self.store.path(BATCHES_DIR, f"{batch.key}.json"), batch.spec())
+            self.store.write_json(self._spec_path(batch.key), batch.spec())
         index = self.index()
         for batch in batches:
             index.update(dict.fromkeys(batch.files, batch.key))
         self.store.write_json(self._index_path(), index)
 
     def spec(self, key: str) -> dict:
-        path = self.store.path(BATCHES_DIR, f"{key}.json")
+        path = self._spec_path(key)
         if not self.store.fs.exists(path):
             raise KeyError(f"crawl batch {key!r} is not registered (no {path})")
         return self.store.read_json(path)
+
+    def batch_keys(self) -> list[str]:
+        """Every registered batch, in the order of their files (the order batches are planned in)."""
+        return list(dict.fromkeys(key for _, key in sorted(self.index().items())))
 
     def all_specs(self) -> dict[str, dict]:
         specs = {}
@@ -160,11 +235,11 @@ class BatchRegistry:
                 specs[spec["key"]] = spec
         return specs
 
-    def discover(self, source: SourceSettings) -> list[CrawlBatch]:
-        """Batches for the files the source offers that no batch holds yet (at most
-        `max_files_per_tick` files, so one tick over a fresh 90k-file crawl stays short)."""
+    def discover(self, source: SourceSettings, offered: list[str]) -> list[CrawlBatch]:
+        """Batches for the files the source offers (`list_crawl_files`) that no batch holds yet
+        (at most `max_files_per_tick` files, so one tick over a fresh 90k-file crawl stays short)."""
         index = self.index()
-        new_files = [path for path in list_crawl_files(source) if path not in index]
+        new_files = [path for path in offered if path not in index]
         new_files = new_files[: source.max_files_per_tick]
         taken = set(index.values())
         return plan_batches(new_files, source.files_per_partition, source.crawl, taken)

@@ -20,6 +20,8 @@ from typing import BinaryIO
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 _RECORD_TYPES = WarcRecordType.response | WarcRecordType.conversion
+_GZIP_MAGIC = b"\x1f\x8b"
+_MEMBER_HEADER = b"\x1f\x8b\x08"  # gzip magic and the deflate method: where a member starts
 
 
 @dataclass(slots=True)
@@ -60,30 +62,101 @@ def iter_pages(
     max_record_bytes: int,
     html_content_types: tuple[str, ...],
 ) -> Iterator[RawPage]:
-    """Yield pages from one open WARC/WET file (gzip or plain, detected by FastWARC)."""
+    """Yield pages from one open WARC/WET file (gzip or plain, detected by FastWARC). A gzip
+    member that cannot be decompressed loses its record, not the rest of the file: reading
+    resumes at the next member that holds a WARC record, and the damage is counted."""
     stats.files += 1
-    seen = 0
-    last_start = 0
-    try:
-        for record in ArchiveIterator(stream, record_types=_RECORD_TYPES, parse_http=True):
-            seen += 1
-            last_start = record.stream_pos
-            stats.records += 1
-            page = _to_page(record, warc_path, stats, max_record_bytes, html_content_types)
-            if page is not None:
-                stats.payload_bytes += len(page.payload)
-                yield page
-    except OSError as exc:  # FastWARC's only signal for headers it cannot parse
-        reason = "not_warc" if seen == 0 else "malformed_record"
-        stats.skips[reason] += 1
-        stats.file_errors[warc_path] = f"{reason} after {seen} records: {exc}"
-        return
+    seen = lost = 0
+    last_start = resume_at = 0
+    while True:
+        try:
+            if resume_at:
+                stream.seek(resume_at)
+            for record in ArchiveIterator(stream, record_types=_RECORD_TYPES, parse_http=True):
+                seen += 1
+                last_start = record.stream_pos
+                stats.records += 1
+                page = _to_page(record, warc_path, stats, max_record_bytes, html_content_types)
+                if page is not None:
+                    stats.payload_bytes += len(page.payload)
+                    yield page
+        except OSError as exc:  # FastWARC's only signal for headers or gzip data it cannot read
+            damage = _skip_damaged_member(stream, max(last_start, resume_at)) if "gzip" in str(exc).lower() else None
+            if damage is not None:
+                start, resume_at, members = damage
+                lost += members
+                stats.skips["corrupt_gzip_member"] += members
+                stats.file_errors[warc_path] = (
+                    f"{lost} gzip member(s) not decompressible (the last damage at bytes {start}-{resume_at}), "
+                    "one record lost each; the records after them were read"
+                )
+                continue
+            reason = "not_warc" if seen == 0 else "malformed_record"
+            stats.skips[reason] += 1
+            stats.file_errors[warc_path] = f"{reason} after {seen} records: {exc}"
+            return
+        break
     if seen == 0:
         stats.skips["no_records"] += 1
         stats.file_errors.setdefault(warc_path, "no response or conversion records")
     elif warc_path not in stats.file_errors and _gzip_cut_short(stream, last_start):
         stats.skips["truncated_record"] += 1
         stats.file_errors[warc_path] = "truncated: the file ends inside a gzip member"
+
+
+def _skip_damaged_member(stream: BinaryIO, good_start: int) -> tuple[int, int, int] | None:
+    """Where the damage starts, where the next sound member holding a WARC record starts, and
+    how many gzip members the damaged stretch holds (Common Crawl writes one record per member:
+    that many records are lost). None: not gzip, not seekable, or nothing readable after the
+    damage. Members are walked from `good_start`, the last record read whole, since FastWARC
+    skips unwanted record types (warcinfo, request, metadata) without telling where they were."""
+    if not stream.seekable():
+        return None
+    stream.seek(0)
+    if stream.read(2) != _GZIP_MAGIC:
+        return None
+    damaged = good_start
+    while (end := _member_end(stream, damaged)) is not None:
+        damaged = end
+    members, position, carry = 1, damaged + 1, b""
+    stream.seek(position)
+    while chunk := stream.read(1 << 20):
+        window = carry + chunk
+        base = position - len(carry)
+        found = window.find(_MEMBER_HEADER)
+        while found != -1:
+            if base + found > damaged and _starts_a_record(stream, base + found):
+                return damaged, base + found, members
+            members += base + found > damaged
+            found = window.find(_MEMBER_HEADER, found + 1)
+        position += len(chunk)
+        carry = window[-(len(_MEMBER_HEADER) - 1) :]
+        stream.seek(position)
+    return None
+
+
+def _member_end(stream: BinaryIO, start: int) -> int | None:
+    """The end of the complete, valid gzip member starting at `start`, or None."""
+    stream.seek(start)
+    inflater = zlib.decompressobj(31)
+    consumed = 0
+    try:
+        while not inflater.eof and (chunk := stream.read(1 << 16)):
+            consumed += len(chunk)
+            inflater.decompress(chunk, 1 << 20)
+            while inflater.unconsumed_tail and not inflater.eof:
+                inflater.decompress(inflater.unconsumed_tail, 1 << 20)
+    except zlib.error:
+        return None
+    return start + consumed - len(inflater.unused_data) if inflater.eof else None
+
+
+def _starts_a_record(stream: BinaryIO, start: int) -> bool:
+    stream.seek(start)
+    try:
+        return zlib.decompressobj(31).decompress(stream.read(4096), 16).startswith(b"WARC/")
+    except zlib.error:
+        return False
 
 
 def _gzip_cut_short(stream: BinaryIO, start: int) -> bool:

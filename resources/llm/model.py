@@ -81,6 +81,6 @@ def load_tokenizer(info: ModelInfo) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer  # slow import, only where a tokenizer is needed
 
     try:
-        return AutoTokenizer.from_pretrained(str(info.tokenizer_path))
+        return AutoTokenizer.from_pretrained(str(info.tokenizer_path), trust_remote_code=False)
     except Exception as exc:  # any loader failure is one message: the files are not a usable tokenizer
         raise ModelPathError(f"cannot load the tokenizer in {info.tokenizer_path}: {exc}") from exc

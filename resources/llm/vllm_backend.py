@@ -59,6 +59,7 @@ class VLLMBackend:
             gpu_memory_utilization=settings.gpu_memory_utilization,
             tensor_parallel_size=settings.tensor_parallel_size,
             seed=0,
+            trust_remote_code=False,  # a model directory's Python code never runs
             **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
         )
         return cls(llm, info.path)

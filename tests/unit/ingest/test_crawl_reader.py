@@ -23,6 +23,7 @@ from tests.conftest import SAMPLE_DIR, SHARED_CORPORA
 from tests.warc_factory import (
     Page,
     conversion_record,
+    gzip_member,
     html_page,
     http_block,
     ingest,
@@ -233,6 +234,42 @@ def test_garbage_between_gzip_members_is_counted(tmp_path: Path, good_file: Path
     assert out.skips == {"malformed_record": 1}
     assert "after 2 records" in out.result.read.file_errors[str(path)]
     assert out.urls == [p.url for p in before] + [p.url for p in GOOD]
+
+
+def corrupt(member: bytes) -> bytes:
+    """A gzip member whose deflate data is damaged (header intact, as a flipped disk block would leave it)."""
+    damaged = bytearray(member)
+    for i in range(20, 40):
+        damaged[i] ^= 0x5A
+    return bytes(damaged)
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "two_in_a_row", "two_apart"])
+def test_corrupt_gzip_member_loses_its_record_only(tmp_path: Path, good_file: Path, where: str) -> None:
+    """The records after a damaged member are read, and each damaged member counts once (one
+    record per member, as Common Crawl writes them), instead of the rest of the file counted as
+    one malformed record."""
+    good = pages("around", 8)
+    members = [gzip_member(p.record()) for p in good]
+    broken = corrupt(gzip_member(pages("lost", 1)[0].record()))
+    at = {"first": [0], "middle": [3], "two_in_a_row": [3, 3], "two_apart": [2, 6]}[where]
+    for offset, index in enumerate(at):
+        members.insert(index + offset, broken)
+    path = tmp_path / "damaged.warc.gz"
+    path.write_bytes(gzip_member(warcinfo_record()) + b"".join(members))
+    out = ingest(tmp_path, [path, good_file])
+    assert out.skips == {"corrupt_gzip_member": len(at)}
+    assert out.urls == [p.url for p in good] + [p.url for p in GOOD]
+    assert out.result.read.file_errors[str(path)].startswith(f"{len(at)} gzip member(s) not decompressible")
+
+
+def test_corrupt_last_gzip_member_is_counted(tmp_path: Path, good_file: Path) -> None:
+    good = pages("before", 3)
+    path = tmp_path / "tail.warc.gz"
+    path.write_bytes(warc_bytes(p.record() for p in good) + corrupt(gzip_member(pages("lost", 1)[0].record())))
+    out = ingest(tmp_path, [path, good_file])
+    assert sum(out.skips.values()) == 1
+    assert out.urls == [p.url for p in good] + [p.url for p in GOOD]
 
 
 # -- records that are not pages ---------------------------------------------------------------
