@@ -1,4 +1,6 @@
-"""The crawl sensor: new crawl files become crawl batch partitions and ingest runs."""
+"""The crawl sensor: new crawl files become crawl batch partitions. It requests no runs: the
+automation sensor (jobs/automation.py) materializes every stage of a new batch, so nothing is
+started twice."""
 
 import dagster as dg
 
@@ -9,10 +11,9 @@ from resources.resources import CatalogResource, StorageResource
 from resources.settings import SourceSettings
 
 
-def build_crawl_sensor(source: SourceSettings, job: dg.JobDefinition | str) -> dg.SensorDefinition:
+def build_crawl_sensor(source: SourceSettings) -> dg.SensorDefinition:
     @dg.sensor(
         name="crawl_sensor",
-        job=job,
         minimum_interval_seconds=source.interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if source.sensor_running else dg.DefaultSensorStatus.STOPPED,
         description=f"Registers new crawl files from {source.listing or source.url} as crawl batches.",
@@ -39,7 +40,6 @@ def build_crawl_sensor(source: SourceSettings, job: dg.JobDefinition | str) -> d
         # A capped tick leaves files for the next one, so only an exhausted listing is remembered.
         exhausted = len(registry.index()) >= len(offered)
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=b.key, run_key=b.key) for b in batches],
             dynamic_partitions_requests=[crawl_batches.build_add_request([b.key for b in batches])],
             cursor=listing_hash if exhausted else context.cursor,
         )
