@@ -287,7 +287,8 @@ def summary(instance: dg.DagsterInstance) -> str:
     lines = []
     mixture = {k: v for k, v in latest("training_mixture").items() if isinstance(v, dict) and "train_tokens" in v}
     if mixture:
-        tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in mixture.items())
+        sources = {name: spec for name, spec in mixture.items() if isinstance(spec, dict)}  # not the path
+        tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in sources.items())
         lines.append(f"train tokens: {tokens}")
     checkpoint = latest("checkpoint")
     if checkpoint:
