@@ -285,9 +285,9 @@ def summary(instance: dg.DagsterInstance) -> str:
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
     lines = []
-    mixture = {k: v for k, v in latest("training_mixture").items() if isinstance(v, dict) and "train_tokens" in v}
-    if mixture:
-        sources = {name: spec for name, spec in mixture.items() if isinstance(spec, dict)}  # not the path
+    # the mixture's metadata: one entry per source, besides its path and crawl batches
+    sources = {k: v for k, v in latest("training_mixture").items() if isinstance(v, dict) and "train_tokens" in v}
+    if sources:
         tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in sources.items())
         lines.append(f"train tokens: {tokens}")
     checkpoint = latest("checkpoint")
