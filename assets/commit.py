@@ -20,6 +20,7 @@ from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, StorageResource
 
 STAGE_CHECKS = ("keep_rate_in_bounds", "no_row_both_kept_and_removed")
+WARNING_CHECKS = ("keep_rate_in_bounds",)
 
 
 def target(context: dg.AssetExecutionContext) -> tuple[str, str | None]:
@@ -58,7 +59,11 @@ def materialized(
 
 
 def stage_check_specs(asset: str, extra: tuple[str, ...] = ()) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=asset) for name in (*STAGE_CHECKS, *extra)]
+    """Blocking, but for the keep-rate warning: a failed check fails the step, so nothing after it (in
+    its run, or by automation) works on data a stage got wrong."""
+    return [
+        dg.AssetCheckSpec(name, asset=asset, blocking=name not in WARNING_CHECKS) for name in (*STAGE_CHECKS, *extra)
+    ]
 
 
 def run_stage(

@@ -26,7 +26,8 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
         code_version=version.code_version,
         group_name="ingest",
         kinds={"parquet"},
-        check_specs=[dg.AssetCheckSpec(name, asset=RAW_DOCUMENTS) for name in DOCUMENT_CHECKS],
+        # blocking: documents without provenance, empty or with clashing ids stop here, before any stage uses them
+        check_specs=[dg.AssetCheckSpec(name, asset=RAW_DOCUMENTS, blocking=True) for name in DOCUMENT_CHECKS],
         description=f"Main text of every HTML page and WET record of a crawl batch ({settings.extractor}).",
     )
     def raw_documents(

@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.dedup import DEDUPED
 from assets.evaluate import MODEL_COMPARISON
+from assets.filter import QUALITY_CLASSIFIER
 from assets.reports import REPORT
 from assets.tokenize import TOKEN_SHARDS, TOKENIZER
 from assets.train import CHECKPOINT
@@ -53,6 +54,7 @@ def test_crawl_to_checkpoint_and_a_new_batch(tmp_path: Path, instance: dg.Dagste
     defs = build_definitions(settings)
     tick_sensor(defs, instance)
     materialize_stale(defs, instance)
+    assert materialize_stale(defs, instance) == []  # nothing fresh is recomputed
     store = ShardStore(settings.storage.root)
     (batch,) = instance.get_dynamic_partitions("crawl_batches")
 
@@ -88,6 +90,8 @@ def test_crawl_to_checkpoint_and_a_new_batch(tmp_path: Path, instance: dg.Dagste
     tokenizer_version = store.read_manifest(TOKENIZER, None).data_version
     done = materialize_stale(defs, instance)
     assert (TOKEN_SHARDS, new) in done and (TOKEN_SHARDS, batch) not in done
+    assert {partition for _, partition in done} == {new, None}  # the old batch is not touched
+    assert not {(TOKENIZER, None), (QUALITY_CLASSIFIER, None)} & set(done)  # models kept for new batches
     assert store.read_manifest(TOKENIZER, None).data_version == tokenizer_version
     assert (CHECKPOINT, None) in done and not needs_run(defs, instance, CHECKPOINT, None)
     second = store.read_manifest(CHECKPOINT, None)
