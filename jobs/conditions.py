@@ -73,6 +73,7 @@ class TickState:
         self.view = view
         self._sets: dict[tuple[str, dg.AssetKey], set[Key]] = {}
         self._blocked: dict[dg.AssetKey, set[Key]] = {}
+        self.resolver = CachingStaleStatusResolver(view.instance, view.asset_graph, view)  # stale status, as the UI
 
     @classmethod
     def of(cls, context) -> TickState:
@@ -148,8 +149,7 @@ class Stale(PartitionFilter):
         return "its code version or dependencies changed" if self.code_only else "stale, as the UI shows it"
 
     async def keep(self, context, candidates):
-        view = context.asset_graph_view
-        resolver = CachingStaleStatusResolver(view.instance, context.asset_graph, view)
+        resolver = TickState.of(context).resolver
         return [key for key in candidates if any(map(self._counts, resolver.get_stale_causes(context.key, key)))]
 
     def _counts(self, cause) -> bool:
