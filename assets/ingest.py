@@ -4,7 +4,7 @@ from functools import partial
 
 import dagster as dg
 
-from assets.commit import commit, materialized, target
+from assets.commit import blocking_check_specs, commit, materialized, target
 from assets.partitions import crawl_batches
 from resources.common.versioning import OutputVersion
 from resources.ingest.engine import IngestSettings, ingest_files
@@ -26,8 +26,8 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
         code_version=version.code_version,
         group_name="ingest",
         kinds={"parquet"},
-        # blocking: documents without provenance, empty or with clashing ids stop here, before any stage uses them
-        check_specs=[dg.AssetCheckSpec(name, asset=RAW_DOCUMENTS, blocking=True) for name in DOCUMENT_CHECKS],
+        # documents without provenance, empty or with clashing ids stop here, before any stage uses them
+        check_specs=blocking_check_specs(RAW_DOCUMENTS, DOCUMENT_CHECKS),
         description=f"Main text of every HTML page and WET record of a crawl batch ({settings.extractor}).",
     )
     def raw_documents(

@@ -7,7 +7,8 @@ what Dagster's built-in conditions cannot say here:
   something it needs failed (one failing crawl batch does not hold back the corpus-wide assets);
 - `EarlierBatchesSettled` and `EarlierBatchChanged`: deduplication's registration order, between
   partitions of one asset, which no Dagster edge connects;
-- `TrainingDue`: the checkpoint's data policy (every N new crawl batches).
+- `TrainingDue`: the checkpoint's data policy (every N new crawl batches);
+- `UnchangedDuringTick`: no partition is requested twice because its run ended mid-tick.
 
 Each is a filter over the candidate partitions it is given, with a label the UI shows in the
 asset's automation evaluations.
@@ -196,6 +197,30 @@ class InputsReady(PartitionFilter):
             else:
                 ready = set()  # reads all of the input (or the unpartitioned input itself)
         return [key for key in candidates if key in ready]
+
+
+class UnchangedDuringTick(PartitionFilter):
+    """Nothing about it was recorded while this tick was evaluated. A tick sees materializations as
+    of its start but runs as they are now: a run that ends during a long tick would otherwise look
+    neither materialized nor in progress, and its partition would be requested a second time."""
+
+    label_text = "unchanged_during_tick"
+
+    @property
+    def description(self) -> str:
+        return "no materialization or failure of it was recorded while this tick was evaluated"
+
+    async def keep(self, context, candidates):
+        view = context.asset_graph_view
+        if view.last_event_id is None:
+            return candidates
+        instance, since = view.instance, dg.AssetRecordsFilter(context.key, after_storage_id=view.last_event_id)
+        touched = {
+            record.partition_key
+            for fetch in (instance.fetch_materializations, instance.fetch_failed_materializations)
+            for record in fetch(since, limit=10_000).records
+        }
+        return [key for key in candidates if key not in touched]
 
 
 async def _latest_materializations(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, dg.EventLogRecord]:

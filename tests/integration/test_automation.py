@@ -85,7 +85,8 @@ def test_dedup_runs_in_registration_order_and_again_when_an_earlier_batch_change
     first, second = new_batches(tick_sensor(defs, instance))
     upstream_of_dedup(defs, instance, [first, second])
     automation = Automation(defs, instance, dg.AssetSelection.assets("raw_documents", FILTERED, SCORED, DEDUPED))
-    dedup_runs = [run for run in automation.run_until_idle() if DEDUPED in run.assets]
+    runs = automation.run_until_idle()
+    dedup_runs = [run for run in runs if DEDUPED in run.assets]
     assert [run.partition for run in dedup_runs] == [first, second]  # one batch at a time, in order
     store = ShardStore(settings.storage.root)
     assert "https://b.example/near" not in kept_urls(store, second)
@@ -102,6 +103,12 @@ def test_dedup_runs_in_registration_order_and_again_when_an_earlier_batch_change
     recorded = instance.get_latest_materialization_event(dg.AssetKey(DEDUPED))
     assert EARLIER_INDEX in recorded.asset_materialization.metadata
     assert automation.run_until_idle() == []  # settled: nothing runs twice
+
+    # A new batch goes through every stage in one run (the blocking checks ride along with their assets).
+    write_batch(two_batches, 2, {"https://c.example/own": article(4)})
+    (third,) = new_batches(tick_sensor(defs, instance))
+    (run,) = automation.run_until_idle()
+    assert run.partition == third and set(run.assets) == {"raw_documents", FILTERED, SCORED, DEDUPED}
 
 
 def _dedup_in_process(config: str, home: str, batch: str) -> bool:
