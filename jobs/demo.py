@@ -34,6 +34,7 @@ from resources.settings import PROJECT_ROOT, Settings, load_settings
 
 SENSORS = ("crawl_sensor", AUTOMATION_SENSOR)
 REPORTED_EVENTS = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.STEP_FAILURE}
+STEP_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
 POLL_S = 1.0
 QUIET_LINE_EVERY_S = 30.0  # without a terminal: a status line this often
 STOP_TIMEOUT_S = 15.0
@@ -119,8 +120,8 @@ class Progress:
     failures: list[Failure] = field(default_factory=list)
     last_activity: float = field(default_factory=time.time)
 
-    def elapsed(self, at: float | None = None) -> str:
-        seconds = int((at or time.time()) - self.started)
+    def elapsed(self) -> str:
+        seconds = int(time.time() - self.started)
         return f"{seconds // 60}:{seconds % 60:02d}"
 
     def runs(self) -> list[dg.RunRecord]:
@@ -173,12 +174,21 @@ class Progress:
 
     def status_line(self) -> str:
         flight = self.in_flight()
-        running = [_targets(r.dagster_run) for r in flight if r.dagster_run.status == dg.DagsterRunStatus.STARTED]
-        queued = len(flight) - len(running)
+        running = [self.step_of(r.dagster_run) for r in flight if r.dagster_run.status == dg.DagsterRunStatus.STARTED]
+        waiting = len(flight) - len(running)
         return (
-            f"{self.elapsed()}  running: {'; '.join(running) or '-'}  queued: {queued}  "
+            f"{self.elapsed()}  running: {', '.join(running) or '-'}  starting or queued: {waiting}  "
             f"materialized: {self.count}  failed: {len(self.failures)}"
         )
+
+    def step_of(self, run: dg.DagsterRun) -> str:
+        """The asset partition a started run is materializing now."""
+        steps = self.instance.get_records_for_run(run.run_id, of_type=STEP_EVENTS, ascending=False, limit=1).records
+        event = steps[0].event_log_entry.dagster_event if steps else None
+        if event is None or event.event_type != dg.DagsterEventType.STEP_START:
+            return f"({_targets(run)})"  # between steps
+        partition = run.tags.get(PARTITION_NAME_TAG)
+        return f"{event.step_key}[{partition}]" if partition else event.step_key
 
 
 def _targets(run: dg.DagsterRun) -> str:
