@@ -238,14 +238,13 @@ def crawl_sensor_ticked_since(instance: dg.DagsterInstance, moment: float) -> bo
     return bool(ticks) and ticks[0].timestamp > moment and ticks[0].status != TickStatus.STARTED
 
 
-def retry_pending(records: list[dg.RunRecord]) -> bool:
-    """A run failed because its process died and run retries will launch it again."""
-    return any(
-        r.dagster_run.status == dg.DagsterRunStatus.FAILURE
-        and r.dagster_run.tags.get(WILL_RETRY_TAG) == "true"
-        and AUTO_RETRY_RUN_ID_TAG not in r.dagster_run.tags
-        for r in records
+def retry_pending(instance: dg.DagsterInstance) -> bool:
+    """A run failed because its process died (or was stopped) and run retries will launch it again
+    (a run of an earlier, interrupted demo included)."""
+    failed = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"})
     )
+    return any(AUTO_RETRY_RUN_ID_TAG not in r.dagster_run.tags for r in failed)
 
 
 def watch(instance: dg.DagsterInstance, process: subprocess.Popen[bytes], progress: Progress) -> str | None:
