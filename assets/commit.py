@@ -60,14 +60,8 @@ def materialized(
 
 def blocking_check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
     """Checks that stop the chain on bad data: a failed check (but a warning) fails the step, so
-    nothing after it, in its run or later by automation, works on data a stage got wrong. Each
-    check is requested whenever its asset is, so automation can put the asset's children in the
-    same run (the run then skips them if a check fails)."""
-    with_its_asset = dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested())
-    return [
-        dg.AssetCheckSpec(name, asset=asset, blocking=name not in WARNING_CHECKS, automation_condition=with_its_asset)
-        for name in names
-    ]
+    nothing after it, in its run or later by automation, works on data a stage got wrong."""
+    return [dg.AssetCheckSpec(name, asset=asset, blocking=name not in WARNING_CHECKS) for name in names]
 
 
 def stage_check_specs(asset: str, extra: tuple[str, ...] = ()) -> list[dg.AssetCheckSpec]:

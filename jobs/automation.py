@@ -49,8 +49,7 @@ def runnable(work: dg.AutomationCondition, label: str) -> dg.AutomationCondition
     changed."""
     changed = (When.code_version_changed() | When.any_deps_updated()).since(When.newly_requested())
     failed = (When.execution_failed() & ~changed).with_label("failed_since_last_change")
-    ready = InputsReady() & When.all_deps_blocking_checks_passed()
-    return (work & ready & ~When.in_progress() & ~failed & UnchangedDuringTick()).with_label(label)
+    return (work & InputsReady() & ~When.in_progress() & ~failed & UnchangedDuringTick()).with_label(label)
 
 
 def joins_run_of(parent: str) -> dg.AutomationCondition:
@@ -121,7 +120,7 @@ def automation_sensor(settings: AutomationSettings) -> dg.AutomationConditionSen
 def _sensor(settings: AutomationSettings) -> dg.AutomationConditionSensorDefinition:
     return dg.AutomationConditionSensorDefinition(
         AUTOMATION_SENSOR,
-        target=dg.AssetSelection.all() | dg.AssetSelection.all_asset_checks(),
+        target=dg.AssetSelection.all(),
         default_status=dg.DefaultSensorStatus.RUNNING if settings.enabled else dg.DefaultSensorStatus.STOPPED,
         minimum_interval_seconds=settings.interval_seconds,
         use_user_code_server=True,

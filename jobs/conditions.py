@@ -102,6 +102,24 @@ class TickState:
     async def missing(self, key: dg.AssetKey) -> set[Key]:
         return await self._subset("missing", key)
 
+    async def failed_checks(self, key: dg.AssetKey) -> set[Key]:
+        """Partitions whose latest materialization failed a blocking check: bad data, which nothing
+        after it may use until it is materialized again."""
+        from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionResolvedStatus
+
+        if ("checks", key) not in self._sets:
+            graph, failed = self.view.asset_graph, set()
+            for check in graph.get_check_keys_for_assets({key}):
+                if graph.get(check).blocking:
+                    subset = await self.view.compute_subset_with_status(
+                        key=check,
+                        status=AssetCheckExecutionResolvedStatus.FAILED,
+                        from_subset=self.view.get_full_subset(key=check),
+                    )
+                    failed |= set() if subset.is_empty else set(keys_of(subset))
+            self._sets["checks", key] = failed
+        return self._sets["checks", key]
+
     async def materialized_any(self, key: dg.AssetKey) -> bool:
         return bool(await self._subset("all", key) - await self.missing(key))
 
@@ -162,15 +180,20 @@ class Stale(PartitionFilter):
 
 
 class InputsReady(PartitionFilter):
-    """Every input partition it reads is materialized, requested into the same run, or blocked
-    (see `TickState.blocked`), and none is in progress; an asset that reads every partition of an
-    input waits for at least one (a crawl batch registered, ingested, ...)."""
+    """Every input partition it reads is materialized and passed its blocking checks, is requested
+    into the same run (which skips this asset if a check fails there), or is blocked (see
+    `TickState.blocked`), and none is in progress; an asset that reads every partition of an input
+    waits for at least one (a crawl batch registered, ingested, ...). Dagster's own
+    `all_deps_blocking_checks_passed` would keep a stage out of its input's run: the input's checks
+    are not requested before the stage is evaluated."""
 
     label_text = "inputs_ready"
 
     @property
     def description(self) -> str:
-        return "no input is missing (unless it runs in the same run or cannot be made) or in progress"
+        return (
+            "no input is missing (unless it runs in the same run or cannot be made), failed a check or is in progress"
+        )
 
     async def keep(self, context, candidates):
         state, graph = TickState.of(context), context.asset_graph
@@ -183,7 +206,11 @@ class InputsReady(PartitionFilter):
             fan_in = node.partitions_def is None and parent_node.partitions_def is not None
             if fan_in and not await state.materialized_any(parent):
                 return []
-            waiting = (await state.missing(parent) - await state.blocked(parent)) | await state.in_progress(parent)
+            waiting = (
+                (await state.missing(parent) - await state.blocked(parent))
+                | await state.in_progress(parent)
+                | await state.failed_checks(parent)
+            )
             if not waiting:
                 continue
             same_run = parent_node.partitions_def == node.partitions_def
