@@ -34,6 +34,8 @@ $(DAGSTER_HOME)/dagster.yaml: $(INSTANCE) FORCE
 
 FORCE:
 
+# The real daemon on the demo config until nothing is left to run (jobs/demo.py); run it twice and the
+# second run materializes nothing.
 demo: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
 	$(PY) -m jobs.demo
 
@@ -43,8 +45,9 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest -q -m 'not slow'
 
+# PYTHONPATH: the instance's run launcher (jobs/run_launcher.py) is loaded from this checkout.
 ui: $(VENV)/.installed $(DAGSTER_HOME)/dagster.yaml
-	$(VENV)/bin/dagster dev -h $(UI_HOST) -p $(UI_PORT) -w workspace.yaml
+	PYTHONPATH=$(CURDIR) $(VENV)/bin/dagster dev -h $(UI_HOST) -p $(UI_PORT) -w workspace.yaml
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

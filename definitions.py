@@ -6,13 +6,18 @@ import dagster as dg
 
 from assets.dedup import build_deduplicated_documents
 from assets.evaluate import build_evaluation, model_comparison
-from assets.filter import build_filtered_documents, build_quality_classifier, build_scored_documents
+from assets.filter import (
+    QUALITY_CLASSIFIER,
+    build_filtered_documents,
+    build_quality_classifier,
+    build_scored_documents,
+)
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report, report
 from assets.rewrite import SYNTHETIC, build_rewriter_model, build_synthetic_documents
-from assets.tokenize import TOKEN_SHARDS, build_token_shards, build_tokenizer
+from assets.tokenize import TOKEN_SHARDS, TOKENIZER, build_token_shards, build_tokenizer
 from assets.train import build_checkpoint, build_training_mixture
-from jobs.ingest import ingest_job
+from jobs.automation import automate, automation_sensor
 from jobs.sensors import build_crawl_sensor
 from resources.resources import CatalogResource, StorageResource
 from resources.settings import Settings, load_settings
@@ -30,26 +35,31 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_synthetic_documents(settings.rewrite),
             build_token_shards(settings.token_shards, SYNTHETIC_TOKEN_SHARDS, SYNTHETIC),
         ]
+    assets = [
+        build_raw_documents(settings.ingest, settings.source),
+        build_filtered_documents(settings.filter, settings.decontamination),
+        build_quality_classifier(settings.quality),
+        build_scored_documents(settings.quality),
+        build_deduplicated_documents(settings.dedup),
+        *rewriting,
+        build_tokenizer(settings.tokenizer, settings.retrain_tokenizer_on_new_data),
+        build_token_shards(settings.token_shards),
+        build_training_mixture(settings.mixture, token_assets),
+        build_checkpoint(settings.training),
+        build_evaluation(settings.evaluation, settings.token_shards.validation_fraction),
+        model_comparison,
+        crawl_summary,
+        decontamination_report,
+        report,
+    ]
+    models = {
+        QUALITY_CLASSIFIER: settings.quality.retrain_on_new_data,
+        TOKENIZER: settings.retrain_tokenizer_on_new_data,
+    }
     return dg.Definitions(
-        assets=[
-            build_raw_documents(settings.ingest, settings.source),
-            build_filtered_documents(settings.filter, settings.decontamination),
-            build_quality_classifier(settings.quality),
-            build_scored_documents(settings.quality),
-            build_deduplicated_documents(settings.dedup),
-            *rewriting,
-            build_tokenizer(settings.tokenizer, settings.retrain_tokenizer_on_new_data),
-            build_token_shards(settings.token_shards),
-            build_training_mixture(settings.mixture, token_assets),
-            build_checkpoint(settings.training),
-            build_evaluation(settings.evaluation, settings.token_shards.validation_fraction),
-            model_comparison,
-            crawl_summary,
-            decontamination_report,
-            report,
-        ],
-        jobs=[ingest_job],
-        sensors=[build_crawl_sensor(settings.source, ingest_job)],
+        assets=automate(assets, settings.automation, models),
+        sensors=[build_crawl_sensor(settings.source), automation_sensor(settings.automation)],
+        executor=dg.in_process_executor if settings.executor == "in_process" else dg.multiprocess_executor,
         resources={
             "storage": StorageResource.from_settings(settings.storage),
             "catalog": CatalogResource.from_settings(settings.catalog),

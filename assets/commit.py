@@ -22,6 +22,7 @@ from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, StorageResource
 
 STAGE_CHECKS = ("keep_rate_in_bounds", "no_row_both_kept_and_removed")
+WARNING_CHECKS = ("keep_rate_in_bounds",)
 
 
 def target(context: dg.AssetExecutionContext) -> tuple[str, str | None]:
@@ -88,8 +89,14 @@ def materialized(
     )
 
 
+def blocking_check_specs(asset: str, names: tuple[str, ...]) -> list[dg.AssetCheckSpec]:
+    """Checks that stop the chain on bad data: a failed check (but a warning) fails the step, so
+    nothing after it, in its run or later by automation, works on data a stage got wrong."""
+    return [dg.AssetCheckSpec(name, asset=asset, blocking=name not in WARNING_CHECKS) for name in names]
+
+
 def stage_check_specs(asset: str, extra: tuple[str, ...] = ()) -> list[dg.AssetCheckSpec]:
-    return [dg.AssetCheckSpec(name, asset=asset) for name in (*STAGE_CHECKS, *extra)]
+    return blocking_check_specs(asset, (*STAGE_CHECKS, *extra))
 
 
 def run_stage(

@@ -8,12 +8,19 @@ from assets.partitions import crawl_batches
 from resources.common.partition_stage import StageOutput, upstream_manifest
 from resources.common.versioning import OutputVersion
 from resources.dedup.engine import NearDedup
-from resources.dedup.index import INDEX, EarlierBatchNotDeduplicated, earlier_segments
+from resources.dedup.index import (
+    INDEX,
+    EarlierBatchNotDeduplicated,
+    earlier_index_version,
+    earlier_segments,
+    index_input,
+)
 from resources.dedup.settings import DedupStageSettings
 from resources.resources import CatalogResource, StorageResource
 
 DEDUPED = "deduplicated_documents"
 DEDUP_LOGIC = "2"  # 2: removal keys dedup_exact, dedup_near
+EARLIER_INDEX = "earlier_index"  # metadata: what the batch was deduplicated against (earlier_index_version)
 
 
 def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefinition:
@@ -35,8 +42,9 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
     ) -> dg.MaterializeResult:
         store, (_, crawl_batch) = storage.store(), target(context)
         order = context.instance.get_dynamic_partitions(crawl_batches.name)
+        earlier = order[: order.index(crawl_batch)]
         try:
-            segments, inputs = earlier_segments(store, DEDUPED, order[: order.index(crawl_batch)])
+            segments, inputs = earlier_segments(store, DEDUPED, earlier)
         except EarlierBatchNotDeduplicated as exc:
             if settings.wait_retries:  # in a backfill the earlier batch is usually just running
                 raise dg.RetryRequested(settings.wait_retries, settings.wait_seconds) from exc
@@ -69,6 +77,7 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
                 finish=lambda: {INDEX: result.segment.to_frame()},
                 metadata={
                     "earlier_batches": len(segments),
+                    EARLIER_INDEX: earlier_index_version([(k, inputs[index_input(DEDUPED, k)]) for k in earlier]),
                     **{k: v for k, v in result.stats.items() if k != "seconds"},
                 },
                 check_results=idempotent,

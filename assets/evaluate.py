@@ -10,7 +10,6 @@ from assets.tokenize import TOKEN_SHARDS
 from assets.train import CHECKPOINT
 from resources.common.storage import UNPARTITIONED
 from resources.common.versioning import OutputVersion
-from resources.evaluate.evaluator import evaluate, scores_markdown
 from resources.evaluate.history import EVALUATION, EVALUATION_CHECKS, comparison_table
 from resources.evaluate.report import markdown_table
 from resources.evaluate.settings import EvaluationSettings
@@ -41,6 +40,8 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
     def evaluation(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
+        from resources.evaluate.evaluator import evaluate, scores_markdown  # torch: only where a model is scored
+
         with writing(context, storage) as store:
             result = evaluate(
                 store,

@@ -4,7 +4,7 @@ from functools import partial
 
 import dagster as dg
 
-from assets.commit import commit, materialized, record, target, writing
+from assets.commit import blocking_check_specs, commit, materialized, record, target, writing
 from assets.partitions import crawl_batches
 from resources.common.versioning import OutputVersion
 from resources.ingest.engine import IngestSettings, ingest_files
@@ -27,7 +27,8 @@ def build_raw_documents(settings: IngestSettings, source: SourceSettings) -> dg.
         code_version=version.code_version,
         group_name="ingest",
         kinds={"parquet"},
-        check_specs=[dg.AssetCheckSpec(name, asset=RAW_DOCUMENTS) for name in DOCUMENT_CHECKS],
+        # documents without provenance, empty or with clashing ids stop here, before any stage uses them
+        check_specs=blocking_check_specs(RAW_DOCUMENTS, DOCUMENT_CHECKS),
         description=f"Main text of every HTML page and WET record of a crawl batch ({settings.extractor}).",
     )
     def raw_documents(

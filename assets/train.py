@@ -8,12 +8,19 @@ from assets.tokenize import TOKENIZER
 from resources.common.model_store import fetch_model
 from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, StorageResource
-from resources.train.checkpoints import loss_curve_markdown
 from resources.train.config import TrainConfig
 from resources.train.generations import CHECKPOINT, train_generation
-from resources.train.mixture import TRAINING_MIXTURE, MixtureSettings, mixture_sources, weigh, write_mixture
+from resources.train.mixture import (
+    TRAINING_MIXTURE,
+    MixtureSettings,
+    crawl_batch_versions,
+    mixture_sources,
+    weigh,
+    write_mixture,
+)
 
 TRAIN_LOGIC = "1"
+CRAWL_BATCHES = "crawl_batches"  # metadata: crawl batch -> version, in the mixture and what a checkpoint saw
 
 
 def build_checkpoint(settings: TrainConfig) -> dg.AssetsDefinition:
@@ -32,6 +39,8 @@ def build_checkpoint(settings: TrainConfig) -> dg.AssetsDefinition:
     def checkpoint(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
+        from resources.train.checkpoints import loss_curve_markdown  # torch: only where a checkpoint is made
+
         with writing(context, storage) as store:
             tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
             trained = train_generation(
@@ -49,6 +58,7 @@ def build_checkpoint(settings: TrainConfig) -> dg.AssetsDefinition:
         metadata = {
             "checkpoint": dg.MetadataValue.path(str(trained.checkpoint)),
             **trained.summary,
+            CRAWL_BATCHES: dg.MetadataValue.json(trained.crawl_batches),
             "loss_curve": dg.MetadataValue.md(loss_curve_markdown(trained.checkpoint)),
         }
         return materialized(store, manifest, metadata)
@@ -77,8 +87,11 @@ def build_training_mixture(settings: MixtureSettings, token_assets: dict[str, st
             store,
             manifest,
             {
-                name: dg.MetadataValue.json({k: v for k, v in s.items() if k != "partitions"})
-                for name, s in sources.items()
+                **{
+                    name: dg.MetadataValue.json({k: v for k, v in s.items() if k != "partitions"})
+                    for name, s in sources.items()
+                },
+                CRAWL_BATCHES: dg.MetadataValue.json(crawl_batch_versions(sources)),
             },
         )
 

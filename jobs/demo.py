@@ -1,120 +1,290 @@
-"""`make demo`: the shipped sample from crawl files to documents, on the project's own instance.
+"""`make demo`: the shipped sample from crawl files to an evaluated checkpoint, through Dagster's own
+machinery: the real daemon on the project's instance, the crawl sensor registering the sample's
+crawl batches, the automation sensor materializing whatever is missing or stale (jobs/automation.py).
+There is no stage list here: this process only starts the daemon, shows what happens, and stops it
+once nothing is left to run, then prints the summary.
 
-Runs the real sensor once (registering crawl batches as partitions), materializes each new
-partition and the summary, and prints what happened and where it went. The same runs show
-up in `make ui` afterwards.
+The daemon (and the runs it launches, vLLM included) write to `$DAGSTER_HOME/logs/daemon.log`;
+each run's own output stays in its compute logs, shown in the UI (`make ui`). A failing asset
+partition does not stop the others: the demo names it, says where its logs are, waits until
+nothing else can run, and exits with 1. Run it again and it materializes nothing.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
-from dagster._core.loader import LoadingContextForTest
+from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
+from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, PARTITION_NAME_TAG, WILL_RETRY_TAG
 
-from assets.partitions import crawl_batches
-from definitions import build_definitions
+from jobs.automation import AUTOMATION_SENSOR
 from resources.common.catalog import LineageCatalog
-from resources.settings import Settings, load_settings
+from resources.settings import PROJECT_ROOT, Settings, load_settings
+
+SENSORS = ("crawl_sensor", AUTOMATION_SENSOR)
+REPORTED_EVENTS = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.STEP_FAILURE}
+STEP_EVENTS = {dg.DagsterEventType.STEP_START, dg.DagsterEventType.STEP_SUCCESS, dg.DagsterEventType.STEP_FAILURE}
+POLL_S = 1.0
+QUIET_LINE_EVERY_S = 30.0  # without a terminal: a status line this often
+STOP_TIMEOUT_S = 15.0
 
 
-def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
-    """Evaluate the crawl sensor as the daemon would and apply its partition requests."""
-    repository = defs.get_repository_def()
-    sensor = repository.get_sensor_def("crawl_sensor")
-    with dg.build_sensor_context(
-        instance=instance, cursor=cursor, repository_def=repository, resources=defs.resources
-    ) as context:
-        result = sensor(context)
-    if isinstance(result, dg.SkipReason):
-        return dg.SensorResult(skip_reason=result)
-    for request in result.dynamic_partitions_requests or []:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return result
-
-
-def materialize(
-    defs: dg.Definitions, instance: dg.DagsterInstance, names: Sequence[str], partition_key: str | None = None
-) -> dg.ExecuteInProcessResult:
-    """Materialize the named assets of `defs` in-process, recorded in `instance`."""
-    wanted = set(names)
-    assets = [a for a in defs.assets or [] if {k.to_user_string() for k in a.keys} & wanted]
-    return dg.materialize(
-        assets,
-        instance=instance,
-        resources=defs.resources,
-        partition_key=partition_key,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},  # the UI keeps every event
-    )
-
-
-# Stage by stage, so that corpus-wide assets see every crawl batch and deduplication sees the
-# batches in registration order (first seen wins).
-STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
-    ("raw_documents", True),
-    ("filtered_documents", True),
-    ("quality_classifier", False),
-    ("scored_documents", True),
-    ("deduplicated_documents", True),
-    ("rewriter_model", False),
-    ("synthetic_documents", True),
-    ("tokenizer", False),
-    ("token_shards", True),
-    ("synthetic_token_shards", True),
-    ("training_mixture", False),
-    ("checkpoint", False),
-    ("evaluation", False),
-    ("model_comparison", False),
-    ("crawl_summary", False),
-    ("decontamination_report", False),
-    ("report", False),
-]
-
-
-def needs_run(defs: dg.Definitions, instance: dg.DagsterInstance, asset: str, partition: str | None) -> bool:
-    """Missing or stale, as the UI shows it: fresh partitions are never recomputed."""
-    resolver = CachingStaleStatusResolver(instance, defs.resolve_asset_graph(), LoadingContextForTest(instance))
-    return resolver.get_status(dg.AssetKey(asset), partition) != StaleStatus.FRESH
-
-
-def materialize_stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> list[tuple[str, str | None]]:
-    done = []
-    defined = {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
-    for asset, partitioned in [(a, p) for a, p in STAGES if a in defined]:
-        keys = instance.get_dynamic_partitions(crawl_batches.name) if partitioned else [None]
-        for key in keys:
-            if needs_run(defs, instance, asset, key):
-                materialize(defs, instance, [asset], key)
-                done.append((asset, key))
-    return done
-
-
-def run(settings: Settings, instance: dg.DagsterInstance) -> None:
-    defs = build_definitions(settings)
-    started = time.perf_counter()
-    tick = tick_sensor(defs, instance)
-    print(f"crawl sensor: {len(tick.run_requests or [])} new crawl batches from {settings.source.url}")
-    done = materialize_stale(defs, instance)
-    print(f"materialized {len(done)} stale or missing asset partitions in {time.perf_counter() - started:.1f} s")
-    catalog = LineageCatalog(settings.catalog.path)
-    with pl.Config(tbl_rows=100, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
-        print(
-            catalog.query(
-                "SELECT asset, count(*) AS crawl_batches, CAST(sum(rows) AS BIGINT) AS documents"
-                " FROM current_materializations WHERE asset LIKE '%documents' GROUP BY asset ORDER BY min(created_at)"
-            )
+@contextlib.contextmanager
+def daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`dagster-daemon run` on the project's workspace in its own process group (its code server
+    and runs included), output to `<home>/logs/daemon.log`; the whole group is ended on exit."""
+    log = home / "logs" / "daemon.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(PROJECT_ROOT)}
+    with log.open("ab") as out:
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
-        print(catalog.query("SELECT stage, rule, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL"))
-    print(summary(defs, instance, settings))
-    print(f"shards and manifests: {settings.storage.root}")
-    print(f"lineage catalog (DuckDB): {settings.catalog.path}")
-    print("browse it: make ui  ->  http://127.0.0.1:3000")
+    try:
+        yield process
+    finally:
+        stop_group(process)
 
 
-def summary(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settings) -> str:
+def stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the group, SIGKILL after `STOP_TIMEOUT_S` (the daemon may ignore SIGTERM a while)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_TIMEOUT_S)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def sensor_states(instance: dg.DagsterInstance) -> dict[str, object]:
+    return {
+        state.instigator_name: state
+        for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
+        if state.instigator_name in SENSORS
+    }
+
+
+def start_stopped_sensors(instance: dg.DagsterInstance) -> list[str]:
+    """The demo needs both sensors: one stopped in the UI is started again (and said so)."""
+    started = []
+    for name, state in sensor_states(instance).items():
+        if state.status == InstigatorStatus.STOPPED:
+            instance.update_instigator_state(state.with_status(InstigatorStatus.RUNNING))
+            started.append(name)
+    return started
+
+
+@dataclass
+class Failure:
+    asset: str
+    partition: str | None
+    run_id: str
+    message: str
+    logs: str
+    at: float
+
+    @property
+    def label(self) -> str:
+        return f"{self.asset}[{self.partition}]" if self.partition else self.asset
+
+
+@dataclass
+class Progress:
+    """What the demo has seen since it started: materializations, failures, and the moment of the
+    last activity (a run ending), after which an automation tick that requests nothing means that
+    nothing is left to run."""
+
+    instance: dg.DagsterInstance
+    started: float = field(default_factory=time.time)
+    cursors: dict[str, str | None] = field(default_factory=dict)  # run id -> event cursor
+    finished: set[str] = field(default_factory=set)
+    materialized: dict[str, float] = field(default_factory=dict)  # asset partition -> when, latest
+    count: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    last_activity: float = field(default_factory=time.time)
+
+    def elapsed(self) -> str:
+        seconds = int(time.time() - self.started)
+        return f"{seconds // 60}:{seconds % 60:02d}"
+
+    def runs(self) -> list[dg.RunRecord]:
+        return [r for r in self.instance.get_run_records() if r.create_timestamp.timestamp() >= self.started - 1]
+
+    def in_flight(self) -> list[dg.RunRecord]:
+        return list(self.instance.get_run_records(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES)))
+
+    def update(self, say: Callable[[str], None]) -> None:
+        """Report what the demo's runs materialized or failed since the last call."""
+        for record in reversed(self.runs()):
+            run = record.dagster_run
+            if run.run_id in self.finished:
+                continue
+            connection = self.instance.get_records_for_run(
+                run.run_id, cursor=self.cursors.get(run.run_id), of_type=REPORTED_EVENTS
+            )
+            self.cursors[run.run_id] = connection.cursor
+            for event in (r.event_log_entry for r in connection.records):
+                if event.dagster_event.event_type == dg.DagsterEventType.ASSET_MATERIALIZATION:
+                    materialization = event.asset_materialization
+                    name = materialization.asset_key.to_user_string()
+                    label = f"{name}[{materialization.partition}]" if materialization.partition else name
+                    self.materialized[label] = event.timestamp
+                    self.count += 1
+                    say(f"done    {label}")
+                else:
+                    failure = self.failure(run, event)
+                    self.failures.append(failure)
+                    say(f"FAILED  {failure.label}: {failure.message}\n        logs: {failure.logs}")
+            if run.is_finished:
+                self.finished.add(run.run_id)
+                self.last_activity = max(self.last_activity, record.end_time or time.time())
+                if run.status == dg.DagsterRunStatus.FAILURE and not any(f.run_id == run.run_id for f in self.failures):
+                    retry = " (it will be retried)" if run.tags.get(WILL_RETRY_TAG) == "true" else ""
+                    say(f"FAILED  run {run.run_id} ({_targets(run)}): {_run_failure(self.instance, run.run_id)}{retry}")
+
+    def failure(self, run: dg.DagsterRun, event: dg.EventLogEntry) -> Failure:
+        error = event.dagster_event.step_failure_data.error
+        while error is not None and error.cause is not None:  # the user's error under Dagster's wrapper
+            error = error.cause
+        message = (error.message.strip().splitlines() or [""])[-1] if error else "failed"
+        partition = run.tags.get(PARTITION_NAME_TAG)
+        logs = logs_of(self.instance, run.run_id)
+        return Failure(event.dagster_event.step_key, partition, run.run_id, message, logs, event.timestamp)
+
+    def unresolved(self) -> list[Failure]:
+        """Failures not made good by a later materialization of the same asset partition."""
+        return [f for f in self.failures if self.materialized.get(f.label, 0.0) < f.at]
+
+    def status_line(self) -> str:
+        flight = self.in_flight()
+        running = [self.step_of(r.dagster_run) for r in flight if r.dagster_run.status == dg.DagsterRunStatus.STARTED]
+        waiting = len(flight) - len(running)
+        return (
+            f"{self.elapsed()}  running: {', '.join(running) or '-'}  starting or queued: {waiting}  "
+            f"materialized: {self.count}  failed: {len(self.failures)}"
+        )
+
+    def step_of(self, run: dg.DagsterRun) -> str:
+        """The asset partition a started run is materializing now."""
+        steps = self.instance.get_records_for_run(run.run_id, of_type=STEP_EVENTS, ascending=False, limit=1).records
+        event = steps[0].event_log_entry.dagster_event if steps else None
+        if event is None or event.event_type != dg.DagsterEventType.STEP_START:
+            return f"({_targets(run)})"  # between steps
+        partition = run.tags.get(PARTITION_NAME_TAG)
+        return f"{event.step_key}[{partition}]" if partition else event.step_key
+
+
+def _targets(run: dg.DagsterRun) -> str:
+    names = ",".join(sorted(k.to_user_string() for k in run.asset_selection or []))
+    partition = run.tags.get(PARTITION_NAME_TAG)
+    return f"{names}[{partition}]" if partition else names
+
+
+def _run_failure(instance: dg.DagsterInstance, run_id: str) -> str:
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.RUN_FAILURE):
+        return event.message or "run failed"
+    return "run failed"
+
+
+def logs_of(instance: dg.DagsterInstance, run_id: str) -> str:
+    """Where a run's output is: the captured stdout/stderr files, and the run's page in the UI."""
+    ui = f"`make ui` -> http://127.0.0.1:3000/runs/{run_id}"
+    manager = instance.compute_log_manager
+    for event in instance.all_logs(run_id, of_type=dg.DagsterEventType.LOGS_CAPTURED):
+        data = event.dagster_event.logs_captured_data
+        if hasattr(manager, "get_captured_local_path"):
+            err = manager.get_captured_local_path([run_id, "compute_logs", data.file_key], "err")
+            return f"{err} (and .out), or {ui}"
+    return ui
+
+
+def automation_idle_since(instance: dg.DagsterInstance, moment: float) -> bool | str:
+    """True when an automation tick that started after `moment` requested nothing; the tick's
+    error when the latest tick failed (a broken condition: nothing will ever run)."""
+    state = sensor_states(instance).get(AUTOMATION_SENSOR)
+    if state is None:
+        return False
+    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5)
+    for tick in ticks:
+        if tick.status == TickStatus.FAILURE and tick.timestamp > moment:
+            return tick.error.to_string() if tick.error else "automation tick failed"
+        if tick.status == TickStatus.SKIPPED and tick.timestamp > moment:
+            return True
+    return False
+
+
+def crawl_sensor_ticked_since(instance: dg.DagsterInstance, moment: float) -> bool:
+    state = sensor_states(instance).get("crawl_sensor")
+    if state is None:
+        return False
+    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
+    return bool(ticks) and ticks[0].timestamp > moment and ticks[0].status != TickStatus.STARTED
+
+
+def retry_pending(instance: dg.DagsterInstance) -> bool:
+    """A run failed because its process died (or was stopped) and run retries will launch it again
+    (a run of an earlier, interrupted demo included)."""
+    failed = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"})
+    )
+    return any(AUTO_RETRY_RUN_ID_TAG not in r.dagster_run.tags for r in failed)
+
+
+def watch(instance: dg.DagsterInstance, process: subprocess.Popen[bytes], progress: Progress) -> str | None:
+    """Show progress until nothing is left to run; returns why the demo cannot go on, if so."""
+    tty = sys.stdout.isatty()
+    last_line = 0.0
+
+    def say(text: str) -> None:
+        if tty:
+            sys.stdout.write("\r\033[K")
+        print(f"{progress.elapsed()}  {text}", flush=True)
+
+    while True:
+        if process.poll() is not None:
+            return f"dagster-daemon exited with {process.returncode} (see its log)"
+        progress.update(say)
+        records = progress.runs()
+        if (
+            not progress.in_flight()
+            and not retry_pending(records)
+            and crawl_sensor_ticked_since(instance, progress.started)
+        ):
+            idle = automation_idle_since(instance, progress.last_activity)
+            if isinstance(idle, str):
+                return f"the automation sensor failed:\n{idle}"
+            if idle:
+                if tty:
+                    sys.stdout.write("\r\033[K")
+                return None
+        now = time.time()
+        if tty:
+            sys.stdout.write("\r\033[K" + progress.status_line()[: os.get_terminal_size().columns - 1])
+            sys.stdout.flush()
+        elif now - last_line >= QUIET_LINE_EVERY_S:
+            print(progress.status_line(), flush=True)
+            last_line = now
+        time.sleep(POLL_S)
+
+
+def summary(instance: dg.DagsterInstance) -> str:
     """Tokens, the checkpoint, its scores and where the report is, from the latest materializations."""
 
     def latest(asset: str) -> dict[str, object]:
@@ -124,9 +294,9 @@ def summary(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settin
         return {k: v.value for k, v in event.asset_materialization.metadata.items()}
 
     lines = []
-    mixture = latest("training_mixture")
-    if mixture:
-        sources = {name: spec for name, spec in mixture.items() if isinstance(spec, dict)}  # not the path
+    # the mixture's metadata: one entry per source, besides its path and crawl batches
+    sources = {k: v for k, v in latest("training_mixture").items() if isinstance(v, dict) and "train_tokens" in v}
+    if sources:
         tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in sources.items())
         lines.append(f"train tokens: {tokens}")
     checkpoint = latest("checkpoint")
@@ -145,9 +315,58 @@ def summary(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settin
     return "\n".join(lines)
 
 
+def catalog_tables(settings: Settings) -> str:
+    """Documents per stage and removals per rule, from the lineage catalog."""
+    catalog = LineageCatalog(settings.catalog.path)
+    with pl.Config(tbl_rows=100, tbl_width_chars=200, tbl_hide_dataframe_shape=True):
+        documents = catalog.query(
+            "SELECT asset, count(*) AS crawl_batches, CAST(sum(rows) AS BIGINT) AS documents FROM materializations"
+            " WHERE asset LIKE '%documents' GROUP BY asset ORDER BY min(created_at)"
+        )
+        removed = catalog.query("SELECT stage, rule, count(*) AS removed FROM removed GROUP BY ALL ORDER BY ALL")
+        return f"{documents}\n{removed}"
+
+
+def run(settings: Settings, instance: dg.DagsterInstance, home: Path, config: str) -> int:
+    if not settings.automation.enabled:
+        print(f"automation is off in {config} (automation.enabled): the demo needs it on", file=sys.stderr)
+        return 2
+    for name in start_stopped_sensors(instance):
+        print(f"{name} was stopped (in the UI): started it again")
+    print(f"dagster-daemon on {config}; its log: {home / 'logs' / 'daemon.log'}", flush=True)
+    progress = Progress(instance)
+    with daemon(home) as process:
+        problem = watch(instance, process, progress)
+    print(f"materialized {progress.count} asset partitions in {progress.elapsed()}")
+    if progress.count or not problem:
+        print(catalog_tables(settings))
+        print(summary(instance))
+        print(f"shards and manifests: {settings.storage.root}")
+        print(f"lineage catalog (DuckDB): {settings.catalog.path}")
+        print("browse it: make ui  ->  http://127.0.0.1:3000")
+    failures = progress.unresolved()
+    for failure in failures:
+        print(
+            f"FAILED: {failure.label} (run {failure.run_id}): {failure.message}\n  logs: {failure.logs}",
+            file=sys.stderr,
+        )
+    if problem:
+        print(f"stopped: {problem}", file=sys.stderr)
+    return 1 if failures or problem else 0
+
+
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through `daemon()`, which stops the daemon's process group
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_signal)
+    signal.signal(signal.SIGHUP, _exit_on_signal)
+    home = Path(os.environ.get("DAGSTER_HOME") or PROJECT_ROOT / ".dagster_home")
+    os.environ["DAGSTER_HOME"] = str(home)
+    config = os.environ.get("CRAWL2CKPT_CONFIG") or "configs/demo.yaml"
     with dg.DagsterInstance.get() as instance:
-        run(load_settings(), instance)
+        sys.exit(run(load_settings(), instance, home, config))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""The crawl sensor: new crawl files become crawl batch partitions and ingest runs."""
+"""The crawl sensor: new crawl files become crawl batch partitions. It requests no runs: the
+automation sensor (jobs/automation.py) materializes every stage of a new batch, so nothing is
+started twice."""
 
 import dagster as dg
 
@@ -9,10 +11,9 @@ from resources.resources import CatalogResource, StorageResource
 from resources.settings import SourceSettings
 
 
-def build_crawl_sensor(source: SourceSettings, job: dg.JobDefinition | str) -> dg.SensorDefinition:
+def build_crawl_sensor(source: SourceSettings) -> dg.SensorDefinition:
     @dg.sensor(
         name="crawl_sensor",
-        job=job,
         minimum_interval_seconds=source.interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING if source.sensor_running else dg.DefaultSensorStatus.STOPPED,
         description=f"Registers new crawl files from {source.listing or source.url} as crawl batches.",
@@ -52,7 +53,6 @@ def build_crawl_sensor(source: SourceSettings, job: dg.JobDefinition | str) -> d
             context.log.info(f"adopted {len(adopted)} registered crawl batches without a partition: {adopted}")
         context.log.info(f"registered {len(batches)} crawl batches: {[b.key for b in batches]}")
         return dg.SensorResult(
-            run_requests=[dg.RunRequest(partition_key=key, run_key=key) for key in keys],
             dynamic_partitions_requests=[crawl_batches.build_add_request(keys)],
             cursor=cursor,
         )

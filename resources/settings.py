@@ -11,10 +11,12 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import Field, ValidationError
 
+from resources.common.automation import AutomationSettings
 from resources.common.catalog import CatalogSettings
 from resources.common.config import Section
 from resources.common.storage import StorageSettings
@@ -56,6 +58,12 @@ class Settings(Section):
     mixture: MixtureSettings = Field(default_factory=MixtureSettings)
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    automation: AutomationSettings = Field(default_factory=AutomationSettings)
+    executor: Literal["in_process", "multiprocess"] = Field(
+        default="in_process",
+        description="how a run executes its steps: one after another in the run's process (the code is loaded "
+        "once per run), or a process per step (isolates GPU memory between steps; loads the code per step)",
+    )
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""

@@ -23,7 +23,7 @@ from resources.llm.tiny_model import build_tiny_model
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
 
 TINY_MAX_MODEL_LEN = 512
-SERVER_START_TIMEOUT_S = 300
+SERVER_START_TIMEOUT_S = 600  # 1-4 min on an idle 2-core machine; far more on a busy one
 # Both engines live beside the test process on small CI machines: a small KV cache each.
 _MEMORY_SHARE = 0.15
 

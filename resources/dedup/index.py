@@ -3,11 +3,12 @@ the batch's deduplicated documents, read by every later batch (first seen wins).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import polars as pl
 
-from resources.common.storage import ShardStore
+from resources.common.storage import ShardStore, stable_hash
 from resources.dedup.minhash import SketchSpec
 
 INDEX = "index"  # the table of a deduplicated partition that holds its segment
@@ -53,6 +54,11 @@ class IndexSegment:
         return self.frame.collect()
 
 
+def index_input(asset: str, key: str) -> str:
+    """How a batch's manifest names an earlier batch's index segment among its inputs."""
+    return f"{asset}[{key}].{INDEX}"
+
+
 class EarlierBatchNotDeduplicated(RuntimeError):
     """Deduplicating a batch needs every batch registered before it deduplicated first."""
 
@@ -72,5 +78,12 @@ def earlier_segments(
                 "(this step is retried; or materialize the batches in registration order)"
             )
         segments.append(IndexSegment.from_frame(store.scan(manifest, INDEX)))
-        inputs[f"{asset}[{key}].{INDEX}"] = manifest.data_version
+        inputs[index_input(asset, key)] = manifest.data_version
     return segments, inputs
+
+
+def earlier_index_version(earlier: Sequence[tuple[str, str]]) -> str:
+    """What a batch was deduplicated against, as one value: the earlier batches' keys and the data
+    versions of their deduplicated partitions, in registration order. Recorded with each batch, so
+    a batch whose earlier batches have changed since can be found (and deduplicated again)."""
+    return stable_hash([list(pair) for pair in earlier])[:16]

@@ -12,7 +12,6 @@ from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
 from resources.evaluate.history import RESULTS, SAMPLES, read_history
 from resources.evaluate.report import Section, funnel_plot, loss_plot, metrics_plot, removed_plot, tokens_plot
-from resources.train.checkpoints import MANIFEST_FILE
 from resources.train.mixture import read_mixture
 
 _SUMMARY_SQL = """
@@ -128,6 +127,8 @@ def report_sections(store: ShardStore, lineage: LineageCatalog, checkpoint_asset
 def loss_curves(store: ShardStore, checkpoint_asset: str, checkpoints: list[str]) -> dict[str, list[float]]:
     """Each evaluated checkpoint's loss history, as its manifest records it (older checkpoints
     may not: they are left out)."""
+    from resources.train.checkpoints import MANIFEST_FILE  # a torch module: not for every report importer
+
     curves = {}
     for relative in checkpoints:
         path = posixpath.join(store.partition_dir(checkpoint_asset, None), relative, MANIFEST_FILE)

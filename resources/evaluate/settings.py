@@ -66,6 +66,9 @@ class EvaluationSettings(Section):
         editing a set re-evaluates, moving the checkout does not."""
         shaping = self.model_dump(exclude={"device", "batch_size", "regression_tolerance"})
         shaping["generation"]["vllm"] = self.generation.vllm.output_shaping()  # its dtype changes the samples
+        if self.lm_eval is not None:  # local task files by content too
+            for name, task in self.lm_eval.tasks.items():
+                shaping["lm_eval"]["tasks"][name]["path"] = file_digest(task.path) or task.path
         shaping["eval_sets"] = {
             # a remote or missing set by its path: a missing set fails clearly when the asset runs
             name: {"encoding": spec.encoding, "content": file_digest(spec.path) or spec.path}

@@ -37,8 +37,9 @@ LOW_QUALITY = "quality_low_score"
 
 
 def _file_digests(paths: list[str | None]) -> dict[str, str]:
-    """Input files shape outputs as much as thresholds do: their content joins the code version."""
-    return {path: digest for path in paths if path and (digest := file_digest(path)) is not None}
+    """Input files shape outputs as much as thresholds do: their content joins the code version, by
+    file name and not by path, so that moving the checkout (or the virtualenv) restales nothing."""
+    return {Path(path).name: digest for path in paths if path and (digest := file_digest(path)) is not None}
 
 
 class FilterSettings(Section):
@@ -51,8 +52,8 @@ class FilterSettings(Section):
         by content."""
         model = self.language.model_path or str(bundled_model_path())
         return {
-            "filter": self.model_dump(exclude={"keep_rate_bounds"}),
-            "decontamination": decontamination.model_dump(),
+            "filter": self.model_dump(exclude={"keep_rate_bounds": True, "language": {"model_path"}}),
+            "decontamination": {**decontamination.model_dump(), "eval_sets": sorted(decontamination.eval_sets)},
             "files": _file_digests([model, *decontamination.eval_set_files()]),
         }
 
@@ -74,7 +75,9 @@ class QualityStageSettings(Section):
         model loaded, by content), not what is kept."""
         classifier = self.classifier
         return {
-            "classifier": classifier.model_dump(exclude={"keep_threshold", "keep_top_fraction"}),
+            "classifier": classifier.model_dump(
+                exclude={"keep_threshold", "keep_top_fraction", "reference_files", "model_path"}
+            ),
             **self.model_dump(include={"negatives_per_partition", "retrain_on_new_data"}),
             "files": _file_digests([*classifier.reference_files, classifier.model_path]),
         }

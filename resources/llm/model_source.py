@@ -19,7 +19,6 @@ from pydantic import Field, model_validator
 
 from resources.common.config import Section
 from resources.llm.model import ModelPathError, inspect_model, load_tokenizer
-from resources.llm.tiny_model import build_tiny_model
 
 TINY_NAME = "tiny-llama"
 _MAX_HEADER = 100 << 20  # safetensors caps its JSON header at 100 MB
@@ -61,6 +60,8 @@ class PreparedModel:
 def prepare_model(settings: RewriterModelSettings, workdir: Path) -> PreparedModel:
     """Build or verify the configured model; `workdir` holds a built model until it is published."""
     if settings.source == "tiny":
+        from resources.llm.tiny_model import build_tiny_model  # torch and transformers: only where it is built
+
         built = build_tiny_model(workdir / TINY_NAME)
         return PreparedModel(built, {"source": "tiny", **verify_model_dir(built)})
     path = Path(str(settings.path)).expanduser()

@@ -14,8 +14,7 @@ from resources.common.storage import ShardInfo, ShardStore, stable_hash
 from resources.tokenize.tokenizer import load_tokenizer
 from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import TokenSource, with_replay
-from resources.train.mixture import TRAINING_MIXTURE, mixture_token_sources, read_mixture
-from resources.train.trainer import train
+from resources.train.mixture import TRAINING_MIXTURE, crawl_batch_versions, mixture_token_sources, read_mixture
 
 CHECKPOINT = "checkpoint"
 
@@ -27,6 +26,7 @@ class Generation:
     inputs: dict[str, str]  # every token shard, the tokenizer and the mixture, with their data versions
     stats: dict[str, object]  # the final step directory (relative to the asset's) and its step
     summary: dict[str, object]  # the run's numbers, for the asset's metadata
+    crawl_batches: dict[str, str]  # the mixture's crawl batches it saw (crawl_batch_versions)
 
 
 def with_seen_replay(sources: Sequence[TokenSource], seen: set[str], fraction: float) -> list[TokenSource] | None:
@@ -85,6 +85,8 @@ def train_generation(
         eos_token_id=tokenizer.eos_id,
         continue_from=continue_from,
     )
+    from resources.train.trainer import train  # torch: loaded by the process that trains, not by every importer
+
     result = train(config, spec, sources, progress, meco_cooldown(store, mixture, continue_from is not None))
     final = result.checkpoint
     published = store.publish_files(CHECKPOINT, None, root, sorted(p for p in final.iterdir() if p.is_file()), MODEL)
@@ -100,4 +102,4 @@ def train_generation(
         "continued_from": continue_from or "",
         "token_shards": len(files),
     }
-    return Generation(final, published, inputs, stats, summary)
+    return Generation(final, published, inputs, stats, summary, crawl_batch_versions(mixture))

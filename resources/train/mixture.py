@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Mapping
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.common.partition_stage import upstream_manifest
 from resources.common.schemas import TOKEN_INDEX, TOKENS
-from resources.common.storage import ShardInfo, ShardStore, sha256_bytes
+from resources.common.storage import ShardInfo, ShardStore, sha256_bytes, stable_hash
 from resources.train.data import TokenFile, TokenSource
 
 TRAINING_MIXTURE = "training_mixture"
@@ -41,6 +42,27 @@ def mixture_sources(store: ShardStore, assets: dict[str, str]) -> dict[str, dict
             "train_tokens": sum(m.stats["tokens"] - m.stats["validation_tokens"] for m in partitions.values()),
         }
     return sources
+
+
+def crawl_batch_versions(sources: Mapping[str, Mapping]) -> dict[str, str]:
+    """Per crawl batch in the mixture, one short hash over the data versions of its partitions in
+    every source: what a training policy compares between the mixture and a checkpoint."""
+    batches: dict[str, list[tuple[str, str]]] = {}
+    for name, source in sorted(sources.items()):
+        for key, version in source["partitions"].items():
+            batches.setdefault(key, []).append((name, version))
+    return {key: stable_hash(versions)[:12] for key, versions in sorted(batches.items())}
+
+
+def retrain_reason(trained: Mapping[str, str], current: Mapping[str, str], every_n: int) -> str | None:
+    """Why a checkpoint trained on the crawl batches `trained` is due for retraining on `current`
+    (both from `crawl_batch_versions`), or None: batches it saw changed or left (a takedown, a
+    changed filter: at once), or at least `every_n` batches are new."""
+    changed = {key for key, version in trained.items() if current.get(key) != version}
+    if changed:
+        return f"{len(changed)} crawl batches it was trained on changed"
+    new = current.keys() - trained.keys()
+    return f"{len(new)} new crawl batches" if len(new) >= every_n else None
 
 
 def weigh(sources: dict[str, dict], weights: dict[str, float]) -> dict[str, dict]:

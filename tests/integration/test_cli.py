@@ -9,16 +9,16 @@ import pytest
 import yaml
 
 from definitions import build_definitions
-from jobs.demo import materialize, tick_sensor
 from resources.cli import main
 from resources.settings import Settings
+from tests.automation_driver import materialize, new_batches, tick_sensor
 
 
 def test_audit_sql_and_rebuild(
     tmp_path: Path, settings: Settings, instance: dg.DagsterInstance, capsys: pytest.CaptureFixture[str]
 ) -> None:
     defs = build_definitions(settings)
-    key = tick_sensor(defs, instance).run_requests[0].partition_key
+    key = new_batches(tick_sensor(defs, instance))[0]
     materialize(defs, instance, ["raw_documents"], key)
     config = tmp_path / "settings.yaml"
     config.write_text(yaml.safe_dump(settings.model_dump()))

@@ -10,10 +10,10 @@ import dagster as dg
 import pytest
 
 from definitions import build_definitions
-from jobs.demo import tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.ingest.sources import SourceNotFound, batch_key, list_crawl_files, plan_batches
 from resources.settings import Settings, SourceSettings
+from tests.automation_driver import new_batches, tick_sensor
 from tests.conftest import make_settings
 
 
@@ -27,24 +27,25 @@ def test_registers_batches_once_and_honours_cursor(
     defs = build_definitions(settings)
     first = tick_sensor(defs, instance)
     files = sorted(crawl_dir.iterdir())
-    assert len(first.run_requests) == (len(files) + 1) // 2
-    assert {r.run_key for r in first.run_requests} == set(registered(instance))
+    assert len(new_batches(first)) == (len(files) + 1) // 2
+    assert new_batches(first) == registered(instance)
+    assert not first.run_requests  # the automation sensor materializes them: nothing is started twice
     assert first.cursor
 
     # Same listing, same cursor: skipped without touching the registry.
     again = tick_sensor(defs, instance, cursor=first.cursor)
-    assert not again.run_requests and "no change" in str(again.skip_reason)
+    assert not new_batches(again) and "no change" in str(again.skip_reason)
 
     # Cursor lost (reset in the UI): the registry still refuses to register anything twice.
     reset = tick_sensor(defs, instance, cursor=None)
-    assert not reset.run_requests and "registered" in str(reset.skip_reason)
+    assert not new_batches(reset) and "registered" in str(reset.skip_reason)
 
     # A new file: exactly one new batch, holding only that file.
     new_file = crawl_dir / "CC-SAMPLE-2024-22-00099.warc.gz"
     shutil.copy(files[0], new_file)
     third = tick_sensor(defs, instance, cursor=reset.cursor)
-    assert [r.partition_key for r in third.run_requests] == ["CC-SAMPLE-2024-22-00099"]
-    assert len(registered(instance)) == len(first.run_requests) + 1
+    assert new_batches(third) == ["CC-SAMPLE-2024-22-00099"]
+    assert len(registered(instance)) == len(new_batches(first)) + 1
     spec = defs.resources["storage"].batches().spec("CC-SAMPLE-2024-22-00099")
     assert spec["files"] == [str(new_file)] and spec["crawl"] == "CC-SAMPLE-2024-22"
     catalog = LineageCatalog(settings.catalog.path)
@@ -62,7 +63,7 @@ def test_empty_source_directory_registers_nothing(tmp_path: Path, instance: dg.D
     empty = tmp_path / "empty"
     empty.mkdir()
     result = tick_sensor(build_definitions(make_settings(tmp_path, empty)), instance)
-    assert not result.run_requests and registered(instance) == []
+    assert not new_batches(result) and registered(instance) == []
 
 
 def test_common_crawl_listing_with_repeated_lines(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 
 from definitions import build_definitions
-from jobs.demo import materialize, tick_sensor
+from tests.automation_driver import materialize, new_batches, tick_sensor
 from resources.settings import Settings
 from tests.conftest import SAMPLE_DIR
 from tests.unit.common.test_storage import s3_endpoint  # noqa: F401 - the moto server fixture
@@ -52,8 +52,8 @@ def test_secret_from_the_environment_is_never_written(
         }
     ).resolved()
     defs = build_definitions(settings)
-    (request,) = tick_sensor(defs, instance).run_requests
-    result = materialize(defs, instance, ["raw_documents"], request.partition_key)
+    (key,) = new_batches(tick_sensor(defs, instance))
+    result = materialize(defs, instance, ["raw_documents"], key)
     assert result.success
 
     served = serialize_value(RepositorySnap.from_def(defs.get_repository_def()))

@@ -18,7 +18,7 @@ import polars as pl
 import pytest
 
 from definitions import build_definitions
-from jobs.demo import materialize, tick_sensor
+from tests.automation_driver import materialize, new_batches, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import MANIFEST_NAME, ShardStore, UnsafeName
 from resources.ingest.sources import BatchRegistry, plan_batches
@@ -46,15 +46,15 @@ def test_partition_key_leaving_its_folder_fails_before_writing(
 ) -> None:
     """The key that once made filtered_documents overwrite raw_documents' manifest and delete its shard."""
     defs = build_definitions(settings)
-    (first, *_) = tick_sensor(defs, instance).run_requests
-    assert materialize(defs, instance, ["raw_documents"], first.partition_key).success
+    (first, *_) = new_batches(tick_sensor(defs, instance))
+    assert materialize(defs, instance, ["raw_documents"], first).success
     store = ShardStore(settings.storage.root)
-    raw = store.read_manifest("raw_documents", first.partition_key)
-    evil = f"../raw_documents/{first.partition_key}"
+    raw = store.read_manifest("raw_documents", first)
+    evil = f"../raw_documents/{first}"
     instance.add_dynamic_partitions("crawl_batches", [evil])
     with pytest.raises(UnsafeName, match="partition key"):
         materialize(defs, instance, ["filtered_documents"], evil)
-    assert store.read_manifest("raw_documents", first.partition_key) == raw
+    assert store.read_manifest("raw_documents", first) == raw
     assert_manifests_sound(Path(settings.storage.root))
     assert not (Path(settings.storage.root) / "filtered_documents").exists()
 
@@ -68,7 +68,7 @@ def test_batches_registered_by_a_tick_that_died_are_adopted(settings: Settings, 
     registry.register(plan_batches(files, settings.source.files_per_partition, None, set()))
     assert registered(instance) == []
     tick = tick_sensor(defs, instance)
-    assert sorted(r.partition_key for r in tick.run_requests) == sorted(registered(instance)) == registry.batch_keys()
+    assert sorted(new_batches(tick)) == sorted(registered(instance)) == registry.batch_keys()
     assert len(registry.all_specs()) == len(registered(instance))
     # Ingest of an adopted batch works like any other.
     assert materialize(defs, instance, ["raw_documents"], registered(instance)[0]).success
@@ -83,7 +83,7 @@ def test_a_fresh_instance_on_old_storage_adopts_every_batch(
     with dg.instance_for_test(temp_dir=str(tmp_path / "second_home")) as fresh:
         adopted = tick_sensor(defs, fresh)
         assert registered(fresh) == registered(instance)
-        assert [r.partition_key for r in adopted.run_requests] == [r.partition_key for r in first.run_requests]
+        assert new_batches(adopted) == new_batches(first)
 
 
 def test_hostile_crawl_file_names(tmp_path: Path, instance: dg.DagsterInstance) -> None:
@@ -107,7 +107,7 @@ def test_hostile_crawl_file_names(tmp_path: Path, instance: dg.DagsterInstance) 
     defs = build_definitions(settings)
     with dg.build_sensor_context(instance=instance, resources=defs.resources) as context:
         result = defs.get_repository_def().get_sensor_def("crawl_sensor")(context)
-    keys = [r.partition_key for r in result.run_requests]
+    keys = new_batches(result)
     assert len(keys) == 3
     instance.add_dynamic_partitions("crawl_batches", keys)
     store = ShardStore(settings.storage.root)
@@ -129,7 +129,7 @@ def test_loop_and_listing_skips_are_logged(
     (crawl / "loop.warc.gz").symlink_to(crawl / "loop.warc.gz")
     defs = build_definitions(make_settings(tmp_path, crawl))
     result = tick_sensor(defs, instance)
-    assert not result.run_requests
+    assert not new_batches(result)
     assert "loop.warc.gz': unreadable (symbolic link loop)" in capfd.readouterr().err
 
 
@@ -146,7 +146,7 @@ def test_reader_holding_the_catalog_never_fails_committed_work(
     }
     settings = Settings.model_validate(raw).resolved()
     defs = build_definitions(settings)
-    keys = [r.partition_key for r in tick_sensor(defs, instance).run_requests]
+    keys = new_batches(tick_sensor(defs, instance))
     holder = hold_catalog(settings.catalog.path, "read", 120)
     try:
         result = materialize(defs, instance, ["raw_documents"], keys[0])
@@ -168,7 +168,7 @@ TWO_INSTANCES = textwrap.dedent(
     import sys
     import dagster as dg
     from definitions import build_definitions
-    from jobs.demo import materialize
+    from tests.automation_driver import materialize
     from resources.settings import Settings
     settings = Settings.model_validate_json(open(sys.argv[1]).read())
     defs = build_definitions(settings)
@@ -217,7 +217,7 @@ def test_crawl_file_gone_between_tick_and_ingest(settings: Settings, instance: d
     """The batch whose file vanished fails alone, naming the file and why, and writes nothing;
     the other batch ingests."""
     defs = build_definitions(settings)
-    keys = [r.partition_key for r in tick_sensor(defs, instance).run_requests]
+    keys = new_batches(tick_sensor(defs, instance))
     store = ShardStore(settings.storage.root)
     gone = BatchRegistry(store).spec(keys[0])["files"][0]
     Path(gone).unlink()

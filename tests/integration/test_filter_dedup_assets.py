@@ -13,7 +13,6 @@ import pytest
 from assets.dedup import DEDUPED
 from assets.filter import FILTERED, QUALITY_CLASSIFIER, SCORED
 from definitions import build_definitions
-from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
 from resources.dedup.index import EarlierBatchNotDeduplicated
@@ -21,6 +20,7 @@ from resources.filter.decontamination import DecontaminationSettings
 from resources.filter.quality_classifier import QualityModelError
 from resources.filter.text_sources import read_documents
 from resources.settings import PROJECT_ROOT, Settings
+from tests.automation_driver import materialize, materialize_stale, needs_run, new_batches, tick_sensor
 from tests.conftest import chain_settings
 from tests.warc_factory import html_page, response_record, write_warc
 
@@ -99,7 +99,7 @@ def test_chain_removes_with_reasons_and_dedups_across_batches(
 ) -> None:
     settings = planted_settings(tmp_path, planted)
     defs = build_definitions(settings)
-    a, b, c = [r.partition_key for r in tick_sensor(defs, instance).run_requests]
+    a, b, c = new_batches(tick_sensor(defs, instance))
     for key in (a, b, c):
         materialize(defs, instance, ["raw_documents", FILTERED], key)
     materialize(defs, instance, [QUALITY_CLASSIFIER])

@@ -11,11 +11,11 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 from dagster._core.loader import LoadingContextForTest
 
 from definitions import build_definitions
-from jobs.demo import materialize, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
 from resources.ingest.sources import BatchRegistry
 from resources.settings import Settings
+from tests.automation_driver import materialize, new_batches, tick_sensor
 from tests.conftest import make_settings
 
 RAW = dg.AssetKey("raw_documents")
@@ -24,8 +24,7 @@ SUMMARY = dg.AssetKey("crawl_summary")
 
 def ingest_all(settings: Settings, instance: dg.DagsterInstance) -> tuple[dg.Definitions, list[str]]:
     defs = build_definitions(settings)
-    tick = tick_sensor(defs, instance)
-    keys = [request.partition_key for request in tick.run_requests]
+    keys = new_batches(tick_sensor(defs, instance))
     for key in keys:
         materialize(defs, instance, ["raw_documents"], key)
     return defs, keys

@@ -16,10 +16,10 @@ from assets.reports import REPORT
 from assets.rewrite import SYNTHETIC
 from assets.train import CHECKPOINT
 from definitions import SYNTHETIC_TOKEN_SHARDS, build_definitions
-from jobs.demo import materialize_stale, needs_run, tick_sensor
 from resources.common.storage import ShardStore
 from resources.evaluate.history import RESULTS, SAMPLES, read_history
 from resources.train.mixture import MIXTURE_FILE, TRAINING_MIXTURE
+from tests.automation_driver import materialize_stale, needs_run, tick_sensor
 from tests.conftest import chain_settings, one_file_crawl
 
 pytestmark = pytest.mark.vllm

@@ -12,7 +12,7 @@ import dagster as dg
 import pytest
 
 from definitions import build_definitions
-from jobs.demo import materialize, needs_run, tick_sensor
+from tests.automation_driver import materialize, needs_run, new_batches, tick_sensor
 from resources.settings import PROJECT_ROOT
 from tests.conftest import chain_settings, one_file_crawl
 from tests.postgres_server import Postgres, postgres_server  # noqa: F401 - the server fixture
@@ -36,8 +36,7 @@ def test_sensor_and_a_partition_chain_on_postgres(
     with dg.DagsterInstance.get() as instance:
         assert type(instance.run_storage).__name__ == "PostgresRunStorage"
         assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
-        (request,) = tick_sensor(defs, instance).run_requests
-        key = request.partition_key
+        (key,) = new_batches(tick_sensor(defs, instance))
         for asset in CHAIN:
             partition = None if asset == "quality_classifier" else key
             assert materialize(defs, instance, [asset], partition).success, asset

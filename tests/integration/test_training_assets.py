@@ -15,17 +15,18 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from assets.dedup import DEDUPED
 from assets.evaluate import MODEL_COMPARISON
+from assets.filter import QUALITY_CLASSIFIER
 from assets.reports import REPORT
 from assets.tokenize import TOKEN_SHARDS, TOKENIZER
 from assets.train import CHECKPOINT
 from definitions import build_definitions
-from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.schemas import TOKEN_INDEX, TOKENS
 from resources.common.storage import ShardStore
 from resources.evaluate.history import EVALUATION, RESULTS, read_history
 from resources.evaluate.scoring import CheckpointLoadError, EvalSetError
 from resources.settings import Settings
+from tests.automation_driver import materialize, materialize_stale, needs_run, new_batches, tick_sensor
 from tests.conftest import SAMPLE_DIR, chain_settings
 
 
@@ -53,6 +54,7 @@ def test_crawl_to_checkpoint_and_a_new_batch(tmp_path: Path, instance: dg.Dagste
     defs = build_definitions(settings)
     tick_sensor(defs, instance)
     materialize_stale(defs, instance)
+    assert materialize_stale(defs, instance) == []  # nothing fresh is recomputed
     store = ShardStore(settings.storage.root)
     (batch,) = instance.get_dynamic_partitions("crawl_batches")
 
@@ -84,10 +86,12 @@ def test_crawl_to_checkpoint_and_a_new_batch(tmp_path: Path, instance: dg.Dagste
 
     # A new crawl batch: only it is tokenized, the tokenizer keeps its version, the checkpoint goes stale.
     shutil.copy(rest[0], crawl)
-    (new,) = [r.partition_key for r in tick_sensor(defs, instance).run_requests]
+    (new,) = new_batches(tick_sensor(defs, instance))
     tokenizer_version = store.read_manifest(TOKENIZER, None).data_version
     done = materialize_stale(defs, instance)
     assert (TOKEN_SHARDS, new) in done and (TOKEN_SHARDS, batch) not in done
+    assert {partition for _, partition in done} == {new, None}  # the old batch is not touched
+    assert not {(TOKENIZER, None), (QUALITY_CLASSIFIER, None)} & set(done)  # models kept for new batches
     assert store.read_manifest(TOKENIZER, None).data_version == tokenizer_version
     assert (CHECKPOINT, None) in done and not needs_run(defs, instance, CHECKPOINT, None)
     second = store.read_manifest(CHECKPOINT, None)

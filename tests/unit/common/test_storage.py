@@ -13,12 +13,12 @@ import pytest
 
 from assets.reports import REPORT
 from definitions import build_definitions
-from jobs.demo import materialize, materialize_stale, needs_run, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import MANIFEST_NAME, Manifest, ShardStore
 from resources.evaluate.history import RESULTS, read_history
 from resources.ingest.sources import BatchRegistry
 from resources.settings import Settings
+from tests.automation_driver import materialize, materialize_stale, needs_run, new_batches, tick_sensor
 from tests.conftest import SAMPLE_DIR, chain_settings, one_file_crawl
 
 
@@ -112,10 +112,10 @@ def test_ingest_from_and_to_s3(tmp_path: Path, instance: dg.DagsterInstance, s3_
         }
     )
     defs = build_definitions(settings)
-    (request,) = tick_sensor(defs, instance).run_requests
-    assert materialize(defs, instance, ["raw_documents"], request.partition_key).success
+    (key,) = new_batches(tick_sensor(defs, instance))
+    assert materialize(defs, instance, ["raw_documents"], key).success
     store = ShardStore("s3://lake/c2c", options)
-    manifest = store.read_manifest("raw_documents", request.partition_key)
+    manifest = store.read_manifest("raw_documents", key)
     documents = pl.concat(list(store.iter_frames(manifest)))
     assert documents.height == manifest.rows > 0
     assert documents.get_column("warc_path").str.starts_with("s3://crawls/").all()
