@@ -13,8 +13,8 @@ from dagster._core.remote_representation.external_data import RepositorySnap
 from dagster._serdes import serialize_value
 
 from definitions import build_definitions
-from tests.automation_driver import materialize, new_batches, tick_sensor
 from resources.settings import Settings
+from tests.automation_driver import materialize, new_batches, tick_sensor
 from tests.conftest import SAMPLE_DIR
 from tests.unit.common.test_storage import s3_endpoint  # noqa: F401 - the moto server fixture
 

@@ -18,11 +18,11 @@ import polars as pl
 import pytest
 
 from definitions import build_definitions
-from tests.automation_driver import materialize, new_batches, tick_sensor
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import MANIFEST_NAME, ShardStore, UnsafeName
 from resources.ingest.sources import BatchRegistry, plan_batches
 from resources.settings import PROJECT_ROOT, Settings
+from tests.automation_driver import materialize, new_batches, tick_sensor
 from tests.conftest import SAMPLE_DIR, chain_settings, make_settings
 from tests.unit.common.test_catalog_lock import hold_catalog
 

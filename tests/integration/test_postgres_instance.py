@@ -12,8 +12,8 @@ import dagster as dg
 import pytest
 
 from definitions import build_definitions
-from tests.automation_driver import materialize, needs_run, new_batches, tick_sensor
 from resources.settings import PROJECT_ROOT
+from tests.automation_driver import materialize, needs_run, new_batches, tick_sensor
 from tests.conftest import chain_settings, one_file_crawl
 from tests.postgres_server import Postgres, postgres_server  # noqa: F401 - the server fixture
 
