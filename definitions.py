@@ -26,7 +26,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
     if settings.rewrite is not None:  # synthetic rewriting needs a model: off until one is configured
         token_assets["synthetic"] = SYNTHETIC_TOKEN_SHARDS
         rewriting = [
-            build_synthetic_documents(settings.rewrite),
+            build_synthetic_documents(settings.rewrite, settings.quality.classifier),
             build_token_shards(settings.token_shards, SYNTHETIC_TOKEN_SHARDS, SYNTHETIC),
         ]
     return dg.Definitions(

@@ -4,7 +4,8 @@ Tests, the demo and the rewriting benchmark need a model vLLM can load, and noth
 downloaded, so the project builds one: a BPE tokenizer trained with HF `tokenizers` on local
 text, and a randomly initialised `LlamaForCausalLM` saved with `save_pretrained` (the same
 layout the training stage writes, so the rewriter loads either the same way). Random weights
-generate gibberish, which is all a test of the machinery needs.
+generate gibberish, which is all a test of the machinery needs. It has a chat template, like an
+instruct model, so chat-formatted recipes run on it.
 
 The architecture respects what vLLM's CPU attention kernels accept (head_dim 64: hidden 128,
 2 heads). Everything is seeded, so the same inputs give byte-identical files, and the directory
@@ -25,6 +26,12 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 DEFAULT_TEXT_FILES = (Path(__file__).resolve().parents[2] / "data" / "reference" / "wikitext2_reference.txt",)
 BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"
 _MARKER = "tiny_model.json"  # what the directory was built from; an unchanged spec is not rebuilt
+# ChatML's shape with the tiny vocabulary's own markers, so recipes that need a chat template run
+# on the tiny model as they do on a real instruct model.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}" + BOS + "{{ message['role'] }}\n{{ message['content'] }}" + EOS + "\n{% endfor %}"
+    "{% if add_generation_prompt %}" + BOS + "assistant\n{% endif %}"
+)
 
 
 def _lines(text_files: Sequence[Path], max_chars: int) -> Iterator[str]:
@@ -87,6 +94,7 @@ def build_tiny_model(
         "num_layers": num_layers,
         "max_position_embeddings": max_position_embeddings,
         "seed": seed,
+        "chat_template": CHAT_TEMPLATE,
     }
     marker = out / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec:
@@ -95,6 +103,7 @@ def build_tiny_model(
     tokenizer = build_tokenizer(files, vocab_size)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
     fast.model_max_length = max_position_embeddings
+    fast.chat_template = CHAT_TEMPLATE
     config = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),
         hidden_size=hidden_size,

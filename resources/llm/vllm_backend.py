@@ -72,6 +72,7 @@ class VLLMBackend:
                 temperature=r.sampling.temperature,
                 top_p=r.sampling.top_p,
                 max_tokens=r.sampling.max_tokens,
+                frequency_penalty=r.sampling.frequency_penalty,
                 seed=r.seed,
                 stop=list(r.sampling.stop) or None,
             )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import time
 import urllib.request
@@ -34,7 +35,7 @@ from resources.llm.endpoint import EndpointError
 from resources.llm.model import ModelPathError, inspect_model, load_tokenizer
 from resources.llm.tiny_model import build_tiny_model
 from resources.rewrite.post_filter import PostFilter, PostFilterSettings
-from resources.rewrite.prompts import PromptBuilder
+from resources.rewrite.prompts import ChatTemplateMissing, PromptBuilder
 from resources.rewrite.recipes import LIBRARY, Recipe, recipe_fingerprint, resolve_recipes, sample_point
 from resources.rewrite.resume import RewriteOutput, rewrite_partition
 from resources.rewrite.rewriter import Rewriter, RewriteSettings
@@ -153,7 +154,8 @@ def test_recipes_resolve_overrides_and_fingerprint_every_output_shaping_field() 
     assert qa.template == LIBRARY["qa_pairs"].template and qa.selection.languages == ["en"]
     base = recipe_fingerprint([LIBRARY["qa_pairs"]])
     assert recipe_fingerprint([qa]) != base
-    assert recipe_fingerprint(resolve_recipes({"qa_pairs": {"version": "2"}})) != base
+    for change in ({"version": "next"}, {"cue": "Pairs:"}, {"chat_template": "never"}, {"system": "Be brief."}):
+        assert recipe_fingerprint(resolve_recipes({"qa_pairs": change})) != base, change
     assert recipe_fingerprint(resolve_recipes({"qa_pairs": {}})) == base
     custom = {"mine": {"version": "1", "template": "Summarize {text} in {{braces}}:\n"}}
     assert resolve_recipes(custom)[0].render("X") == "Summarize X in {{braces}}:\n"
@@ -191,6 +193,29 @@ def test_selection_by_quality_language_domain_crawl_and_sample_fraction() -> Non
 # --------------------------------------------------------------------------- prompts and post-filter
 
 
+def test_recipes_use_the_chat_template_or_a_plain_prompt_as_they_say(tiny_model: Path, tmp_path: Path) -> None:
+    """A model without a chat template is refused by a recipe that needs one, naming what is
+    missing; `if_present` falls back to the plain prompt and its cue, `never` always uses it."""
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model, base)
+    (base / "chat_template.jinja").unlink()
+    recipe = LIBRARY["qa_pairs"]
+    chat = PromptBuilder(load_tokenizer(inspect_model(tiny_model)), 1024)
+    plain = PromptBuilder(load_tokenizer(inspect_model(base)), 1024, f"model {base}")
+    assert chat.render(recipe, "X") == f"<|begin|>user\n{recipe.render('X')}<|end|>\n<|begin|>assistant\n"
+    assert chat.render(recipe.model_copy(update={"chat_template": "never"}), "X") == recipe.render("X") + recipe.cue
+    with pytest.raises(ChatTemplateMissing, match=rf"recipe 'qa_pairs' needs a chat template and model {base}"):
+        plain.check(recipe)
+    with pytest.raises(ChatTemplateMissing, match="chat template"):
+        Rewriter(settings_for(base), backend=Scripted())
+    fallback = recipe.model_copy(update={"chat_template": "if_present"})
+    plain.check(fallback)
+    (prompt,) = plain.build(fallback, ["The lobster is blue."])
+    assert plain.tokenizer.decode(prompt.token_ids, skip_special_tokens=True).endswith(
+        "Text:\nThe lobster is blue.\n\nQuestion:"
+    )
+
+
 def test_prompts_longer_than_the_context_are_cut_by_tokens(tiny_model: Path) -> None:
     tokenizer = load_tokenizer(inspect_model(tiny_model))
     builder = PromptBuilder(tokenizer, max_model_len=256)
@@ -199,8 +224,9 @@ def test_prompts_longer_than_the_context_are_cut_by_tokens(tiny_model: Path) -> 
     short, long = builder.build(recipe, [PARAGRAPHS[0][:200], " ".join(PARAGRAPHS[:20])])
     assert short.source_tokens_cut == 0 and len(short.token_ids) <= 192
     assert long.source_tokens_cut > 1000 and len(long.token_ids) <= 192
-    prompt = tokenizer.decode(long.token_ids, skip_special_tokens=True)
-    assert prompt.endswith("Encyclopedia passage:\n") and PARAGRAPHS[0][:100] in prompt
+    prompt = tokenizer.decode(long.token_ids)
+    assert prompt.endswith("<|begin|>assistant\n") and PARAGRAPHS[0][:100] in prompt  # the tiny chat template
+    assert long.source in prompt and len(long.source) < len(" ".join(PARAGRAPHS[:20]))
     capped = recipe.model_copy(update={"max_prompt_tokens": 100})
     assert len(builder.build(capped, [" ".join(PARAGRAPHS[:5])])[0].token_ids) <= 100
     with pytest.raises(ValueError, match=r"leaves .* tokens for the document"):
