@@ -10,9 +10,8 @@ from assets.tokenize import TOKEN_SHARDS
 from assets.train import CHECKPOINT
 from resources.common.storage import UNPARTITIONED
 from resources.common.versioning import OutputVersion
-from resources.evaluate.checks import EVALUATION_CHECKS
 from resources.evaluate.evaluator import evaluate, scores_markdown
-from resources.evaluate.history import EVALUATION, RESULTS, comparison_table
+from resources.evaluate.history import EVALUATION, EVALUATION_CHECKS, comparison_table
 from resources.evaluate.report import markdown_table
 from resources.evaluate.settings import EvaluationSettings
 from resources.resources import CatalogResource, StorageResource
@@ -55,8 +54,9 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
             log=context.log.warning,
         )
         described = result.described
-        stats = {"evaluation_id": result.evaluation_id, "checkpoint": described["checkpoint"]}
-        manifest = commit(context, store, version, result.files, inputs=result.inputs, stats=stats)
+        inputs = {CHECKPOINT: described["checkpoint_data_version"], TRAINING_MIXTURE: described["mixture_data_version"]}
+        stats = {"evaluation_id": described["evaluation_id"], "checkpoint": described["checkpoint"]}
+        manifest = commit(context, store, version, result.files, inputs=inputs, stats=stats)
         catalog.catalog().record_materialization(manifest)
         decontamination = catalog.catalog().decontamination()
         samples = [(s.prompt, s.text, s.finish_reason) for s in result.samples]
@@ -68,7 +68,7 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
                 "mixture_data_version": described["mixture_data_version"],
                 **{f"bits_per_byte/{s.eval_set}": round(s.bits_per_byte, 4) for s in result.scores},
                 **{f"perplexity/{s.eval_set}": round(s.perplexity, 2) for s in result.scores},
-                "scores": dg.MetadataValue.md(scores_markdown(result.rows, decontamination)),
+                "scores": dg.MetadataValue.md(scores_markdown(result.scores, decontamination)),
                 "samples": dg.MetadataValue.md(markdown_table(samples, ["prompt", "sample", "end"])),
                 "decontamination": dg.MetadataValue.md(
                     markdown_table(decontamination.rows(), decontamination.columns)
@@ -76,7 +76,7 @@ def build_evaluation(settings: EvaluationSettings, validation_fraction: float) -
                     else "no training document matched an eval set"
                 ),
                 **{f"{metric}/{task}": round(v, 4) for task, m in result.tasks.items() for metric, v in m.items()},
-                "evaluations_so_far": result.tables[RESULTS].get_column("evaluation_id").n_unique(),
+                "evaluations_so_far": result.evaluations,
             },
             check_results=[
                 dg.AssetCheckResult(

@@ -66,8 +66,8 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
                 "data_version": manifest.data_version,
             },
             [
-                dg.AssetCheckResult(check_name=name, passed=outcome.passed, metadata=outcome.metadata)
-                for name, outcome in result.checks.outcomes().items()
+                dg.AssetCheckResult(check_name=check.name, passed=check.passed, metadata=check.metadata)
+                for check in result.checks.outcomes()
             ],
         )
 

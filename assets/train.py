@@ -8,10 +8,9 @@ from assets.tokenize import TOKENIZER
 from resources.common.model_store import fetch_model
 from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, StorageResource
-from resources.train.checkpoints import PLOT_FILE
+from resources.train.checkpoints import loss_curve_markdown
 from resources.train.config import TrainConfig
 from resources.train.generations import CHECKPOINT, train_generation
-from resources.train.loss_curve import loss_curve_markdown
 from resources.train.mixture import TRAINING_MIXTURE, MixtureSettings, mixture_sources, weigh, write_mixture
 
 TRAIN_LOGIC = "1"
@@ -47,11 +46,10 @@ def build_checkpoint(settings: TrainConfig) -> dg.AssetsDefinition:
             context, store, version, trained.files, inputs=trained.inputs, stats=trained.stats, collect=False
         )
         catalog.catalog().record_materialization(manifest)
-        final = trained.result.checkpoint
         metadata = {
-            "checkpoint": dg.MetadataValue.path(str(final)),
-            **trained.summary(),
-            "loss_curve": dg.MetadataValue.md(loss_curve_markdown(final / PLOT_FILE)),
+            "checkpoint": dg.MetadataValue.path(str(trained.checkpoint)),
+            **trained.summary,
+            "loss_curve": dg.MetadataValue.md(loss_curve_markdown(trained.checkpoint)),
         }
         return materialized(store, manifest, metadata)
 

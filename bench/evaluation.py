@@ -178,7 +178,7 @@ def closing_eos_nats(checkpoint: LoadedCheckpoint, documents: list[str], seq_len
 
 
 def report(
-    contenders: list[Contender], checkpoint: LoadedCheckpoint, lm: Any, documents: list[str], context: dict[str, Any]
+    contenders: list[Contender], lm: Any, documents: list[str], context: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     from lm_eval.api.metrics import bits_per_byte, weighted_perplexity
     from lm_eval.api.task import PerplexityTask
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         context["closing_eos_nats"] = closing_eos_nats(checkpoint, documents, seq_len, args.batch_size)
-        text, summary = report(contenders, checkpoint, lm, documents, context)
+        text, summary = report(contenders, lm, documents, context)
     print(text)
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))

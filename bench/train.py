@@ -1,27 +1,19 @@
 """Training benchmark: our engine (`resources.train.trainer.train`) against a minimal PyTorch loop.
 
-Why: the engine adds a memory-mapped mixture loader, an LR schedule, gradient clipping, loss
-bookkeeping with NaN checks and atomic checkpoints around the model; none of that may cost
-throughput. The goal is ours / reference >= 1.0x tokens per second.
+Why: the engine's memory-mapped mixture loader, LR schedule, clipping, NaN checks and atomic
+checkpoints may not cost throughput; the goal is ours / reference >= 1.0x tokens per second. Both
+sides build the same model, batch, sequence length, precision (bf16 autocast on GPU, fp32 on CPU),
+AdamW and, with --compile, `torch.compile`:
 
-Both sides build the same model (`resources.train.presets`, SDPA attention) with the same batch,
-sequence length and precision (bf16 autocast on GPU, fp32 on CPU), AdamW (fused on CUDA, PyTorch's
-default elsewhere) and, with --compile, `torch.compile`:
+- reference: random token batches made on the device beforehand; per step forward with labels,
+  backward, AdamW step, zero_grad, nothing else. Timed from after its first (warm-up) step.
+- ours: the whole `train()` call on a token file of random ids, with the default loss read-back
+  every 10 steps and one checkpoint at the end; its own `tokens_per_s`, which leaves out the first
+  step and checkpoint writes.
 
-- reference: the loop everyone writes first. Random token batches made on the device beforehand;
-  per step `model(input_ids=x, labels=x).loss`, backward, AdamW step, zero_grad. Nothing else.
-  Timed from after its first step (warm-up) to a device sync after the last.
-- ours: the whole `train()` call on a token file of random ids (memmap, window sampling, host to
-  device copies), with its default loss read-back every 10 steps and one checkpoint at the end.
-  Its own `tokens_per_s` is used: it excludes the first step and checkpoint writes, like the
-  reference's timing excludes its warm-up.
+MFU uses the same FLOPs per token and peak for both. Runs alternate --repeats times and the best of
+each counts (a shared machine is noisy).
 
-MFU = training FLOPs per token (6N + attention, `resources.train.presets.flops_per_token`) x tokens/s / peak,
-with the same peak for both (H100: 989 TFLOP/s bf16; CPU: a nominal 100 GFLOP/s per thread).
-Runs alternate (ours, reference, ours, ...) --repeats times and the best of each counts, because
-a shared machine is noisy.
-
-    .venv/bin/python bench/train.py                                          # CPU, tiny model
     .venv/bin/python bench/train.py --threads 1 --repeats 5                  # steadier on a busy CPU
     .venv/bin/python bench/train.py --device cuda --preset small --seq-len 1024 --batch 16 --compile
 """
@@ -48,8 +40,6 @@ from resources.train.presets import build_model, flops_per_token, model_config, 
 from resources.train.throughput import default_peak_flops  # noqa: E402
 from resources.train.trainer import train  # noqa: E402
 
-LOG_EVERY = 10  # the engine's default loss read-back interval
-
 
 @dataclass
 class Rate:
@@ -75,9 +65,9 @@ def reference_rate(args: argparse.Namespace, device: torch.device, bf16: bool) -
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i == 0:  # the warm-up step (compilation, allocator) is not timed
-            _sync(device, loss)
+            loss.item()  # a read-back waits for every kernel queued before it
             start = (time.perf_counter(), time.process_time())
-    _sync(device, loss)
+    loss.item()
     tokens = args.steps * args.batch * args.seq_len
     return Rate(tokens / (time.perf_counter() - start[0]), tokens / (time.process_time() - start[1]))
 
@@ -91,7 +81,6 @@ def ours_rate(args: argparse.Namespace, token_file: TokenFile, workdir: Path, ru
         lr=3e-4,  # the reference's
         warmup_steps=2,
         checkpoint_every=10**9,  # only the final step is saved
-        log_every=LOG_EVERY,
         device=args.device,
         precision="bf16" if args.device == "cuda" else "fp32",
         compile=args.compile,
@@ -105,13 +94,6 @@ def ours_rate(args: argparse.Namespace, token_file: TokenFile, workdir: Path, ru
     result = train(config, spec, [TokenSource("random", [token_file])], progress=progress)
     (first_step, first_cpu), (last_step, last_cpu) = marks[0], marks[-1]
     return Rate(result.tokens_per_s, (last_step - first_step) * args.batch * args.seq_len / (last_cpu - first_cpu))
-
-
-def _sync(device: torch.device, loss: torch.Tensor) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    else:
-        loss.item()
 
 
 def main() -> None:

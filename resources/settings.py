@@ -11,9 +11,10 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from resources.common.catalog import CatalogSettings
+from resources.common.config import Section
 from resources.common.storage import StorageSettings
 from resources.dedup.settings import DedupStageSettings
 from resources.evaluate.settings import EvaluationSettings
@@ -31,15 +32,11 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
 def _default_decontamination() -> DecontaminationSettings:
     return DecontaminationSettings(eval_sets={"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"})
 
 
-class Settings(_Section):
+class Settings(Section):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     source: SourceSettings = Field(default_factory=SourceSettings)

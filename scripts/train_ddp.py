@@ -8,11 +8,8 @@ The spec:
                   "files": [{"path": "tok/000.bin", "dtype": "uint16", "data_version": "ab12...",
                              "index": "tok/000.index.parquet"}]}, ...]}
 
-(`config` and `run` are `resources.train.config.TrainConfig` and `RunSpec`; unset settings take
-TrainConfig's defaults. `index` selects the train split of a shard; without it the whole file is
-used, or `spans`.)
-
-Launches, all with the same spec; rerunning a command resumes from the latest good checkpoint:
+(`config` and `run` are `resources.train.config.TrainConfig` and `RunSpec`; `index` selects a shard's
+train split, else `spans`, else the whole file.) Rerunning a command resumes from the latest good checkpoint:
 
     python scripts/train_ddp.py run.json                                        # one process
     torchrun --standalone --nproc_per_node 8 scripts/train_ddp.py run.json      # one node, 8 GPUs (NCCL)

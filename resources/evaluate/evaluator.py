@@ -1,22 +1,19 @@
-"""One evaluation of the latest checkpoint, start to end: the eval sets (the registered ones and the
-held-out split of the mixture's crawl partitions), each scored beside the unigram baseline; samples;
-downstream tasks; the row saying which checkpoint was scored and what it was trained on; all of it
-merged into the history, written, and judged by the checks. The evaluation asset calls `evaluate`
-and commits what it wrote."""
+"""One evaluation of the latest checkpoint, start to end: every eval set scored beside the unigram
+baseline, samples, downstream tasks, merged into the history, written and judged by the checks; the
+evaluation asset commits what `evaluate` wrote."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from resources.common.checks import CheckOutcome
 from resources.common.storage import ShardInfo, ShardStore, stable_hash
-from resources.evaluate.checks import Check, evaluation_checks
 from resources.evaluate.errors import EvaluationError
-from resources.evaluate.history import RESULTS, SAMPLES, TASKS, with_history, write_history
+from resources.evaluate.history import RESULTS, SAMPLES, TASKS, evaluation_checks, with_history, write_history
 from resources.evaluate.lm_eval_tasks import run_lm_eval
 from resources.evaluate.report import markdown_table
 from resources.evaluate.scoring import (
@@ -35,28 +32,18 @@ from resources.evaluate.scoring import (
 )
 from resources.evaluate.settings import EvaluationSettings
 from resources.train.checkpoints import read_manifest
-from resources.train.mixture import TRAINING_MIXTURE, read_mixture
+from resources.train.mixture import read_mixture
 
 
 @dataclass(frozen=True)
 class Evaluation:
-    described: dict[str, Any]  # evaluation_id, checkpoint, generation, step, tokens seen, mixture
+    described: dict[str, Any]  # evaluation_id, checkpoint and mixture with their data versions, tokens seen
     scores: list[SetScore]
     samples: list[Sample]
     tasks: dict[str, dict[str, float]]
-    tables: dict[str, pl.DataFrame]  # the whole history, this evaluation's rows in place of earlier ones
+    evaluations: int  # in the history, this one included
     files: list[ShardInfo]
-    inputs: dict[str, str]  # data version per input asset
-    checks: list[Check]
-
-    @property
-    def evaluation_id(self) -> str:
-        return self.described["evaluation_id"]
-
-    @property
-    def rows(self) -> pl.DataFrame:
-        """This evaluation's results, one row per eval set."""
-        return self.tables[RESULTS].filter(pl.col("evaluation_id") == self.evaluation_id)
+    checks: list[CheckOutcome]
 
 
 def evaluate(
@@ -80,9 +67,22 @@ def evaluate(
     mixture, mixture_version = read_mixture(store)
     eval_sets = gather_eval_sets(store, settings, mixture, documents_asset, tokens_asset, validation_fraction, log)
     checkpoint_dir = store.local_partition(latest) / latest.stats["checkpoint"]
-    scores, samples = _score(store, settings, checkpoint_dir, mixture, eval_sets)
-    device = str(pick_device(settings.device))
-    tasks = run_lm_eval(checkpoint_dir, settings.lm_eval, device) if settings.lm_eval else {}
+    model = load_checkpoint(checkpoint_dir, settings.device)
+    unigram = unigram_log2_probs(training_token_counts(store, mixture, model.tokenizer.vocab_size))
+    scores = [
+        score_texts(
+            model,
+            texts,
+            max_tokens=settings.max_tokens_per_set,
+            batch_size=settings.batch_size,
+            seq_len=settings.seq_len,
+            unigram=unigram,
+        )
+        for texts in eval_sets
+    ]
+    samples = generate_samples(model, settings.generation)
+    del model  # released before lm-eval loads its own copy
+    tasks = run_lm_eval(checkpoint_dir, settings.lm_eval, str(pick_device(settings.device))) if settings.lm_eval else {}
     described = {
         "evaluation_id": stable_hash([latest.data_version, code_version])[:16],
         "eval_code_version": code_version,
@@ -91,7 +91,10 @@ def evaluate(
         "step": latest.stats["step"],
         "checkpoint_data_version": latest.data_version,
         "mixture_data_version": mixture_version,
-        "mixture": describe_mixture(mixture),
+        # `source weight×partitions` per source: which data, how mixed, in one readable cell
+        "mixture": ", ".join(
+            f"{name} {spec.get('weight', 0):.2f}×{len(spec['partitions'])}" for name, spec in sorted(mixture.items())
+        ),
         "tokens_seen": int(read_manifest(checkpoint_dir).get("total_tokens_seen", 0)),
     }
     which = {"evaluation_id": described["evaluation_id"], "checkpoint": described["checkpoint"]}
@@ -108,9 +111,8 @@ def evaluate(
         scores,
         samples,
         tasks,
-        tables,
+        results.get_column("evaluation_id").n_unique(),
         write_history(store, tables),
-        {checkpoint_asset: latest.data_version, TRAINING_MIXTURE: mixture_version},
         evaluation_checks(results.filter(this), results.filter(~this), settings.regression_tolerance),
     )
 
@@ -140,53 +142,21 @@ def gather_eval_sets(
     return eval_sets
 
 
-def _score(
-    store: ShardStore,
-    settings: EvaluationSettings,
-    checkpoint_dir: Path,
-    mixture: dict[str, dict],
-    eval_sets: list[EvalTexts],
-) -> tuple[list[SetScore], list[Sample]]:
-    """Every eval set beside the unigram baseline of the training tokens, then the samples; the
-    model is released before lm-eval loads its own copy."""
-    model = load_checkpoint(checkpoint_dir, settings.device)
-    unigram = unigram_log2_probs(training_token_counts(store, mixture, model.tokenizer.vocab_size))
-    scores = [
-        score_texts(
-            model,
-            texts,
-            max_tokens=settings.max_tokens_per_set,
-            batch_size=settings.batch_size,
-            seq_len=settings.seq_len,
-            unigram=unigram,
-        )
-        for texts in eval_sets
-    ]
-    return scores, generate_samples(model, settings.generation)
-
-
-def describe_mixture(mixture: dict[str, dict]) -> str:
-    """`source weight×partitions` per source: which data, how mixed, in one readable cell."""
-    return ", ".join(
-        f"{name} {spec.get('weight', 0):.2f}×{len(spec['partitions'])}" for name, spec in sorted(mixture.items())
-    )
-
-
-def scores_markdown(rows: pl.DataFrame, decontamination: pl.DataFrame) -> str:
-    """This evaluation's scores beside how many training documents decontamination removed for each set."""
+def scores_markdown(scores: list[SetScore], decontamination: pl.DataFrame) -> str:
+    """The scores by eval set, beside how many training documents decontamination removed for each set."""
     removed = dict(decontamination.select("eval_set", "removed").group_by("eval_set").sum().iter_rows())
     table = [
         (
-            r["eval_set"],
-            r["documents"],
-            r["bytes"],
-            f"{r['loss']:.4f}",
-            f"{r['perplexity']:.1f}",
-            f"{r['bits_per_byte']:.4f}",
-            f"{r['unigram_bits_per_byte']:.4f}",
-            "—" if r["eval_set"] == HELD_OUT else removed.get(r["eval_set"], 0),
+            s.eval_set,
+            s.documents,
+            s.bytes,
+            f"{s.loss:.4f}",
+            f"{s.perplexity:.1f}",
+            f"{s.bits_per_byte:.4f}",
+            f"{s.unigram_bits_per_byte:.4f}",
+            "—" if s.eval_set == HELD_OUT else removed.get(s.eval_set, 0),
         )
-        for r in rows.iter_rows(named=True)
+        for s in sorted(scores, key=lambda s: s.eval_set)
     ]
     columns = ["eval set", "docs", "bytes", "loss", "ppl", "bits/byte", "unigram bits/byte", "train docs removed"]
     return markdown_table(table, columns)

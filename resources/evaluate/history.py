@@ -1,18 +1,23 @@
 """The evaluation history: every evaluated checkpoint's results, samples and downstream-task scores,
 kept in the evaluation asset's one partition, so each new checkpoint is judged against the ones
-before it and the comparison table shows whether new data helped."""
+before it (the checks) and the comparison table shows whether new data helped."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
+from resources.common.checks import CheckOutcome
 from resources.common.storage import ShardInfo, ShardStore
 from resources.evaluate.errors import EvaluationError
 
 EVALUATION = "evaluation"
 RESULTS, SAMPLES, TASKS = "results", "samples", "tasks"
+EVALUATION_CHECKS = ("metrics_finite", "beats_unigram_baseline", "no_regression_vs_previous")
 
 _SCHEMAS = {
     SAMPLES: {
@@ -59,6 +64,26 @@ def write_history(store: ShardStore, tables: dict[str, pl.DataFrame]) -> list[Sh
     return [store.write_parquet_shard(EVALUATION, None, 0, frame, table) for table, frame in tables.items()]
 
 
+def is_finite_result(rows: Iterable[dict[str, Any]]) -> bool:
+    return all(
+        isinstance(row[k], int | float) and math.isfinite(row[k])
+        for row in rows
+        for k in ("loss", "perplexity", "bits_per_byte")
+    )
+
+
+def regressions(
+    current: dict[str, float], previous: dict[str, float], tolerance: float
+) -> dict[str, tuple[float, float]]:
+    """Eval sets whose bits-per-byte rose by more than `tolerance` (relative) since `previous`;
+    sets only one side has are not compared."""
+    return {
+        name: (previous[name], value)
+        for name, value in current.items()
+        if name in previous and value > previous[name] * (1 + tolerance)
+    }
+
+
 def previous_evaluation(history: pl.DataFrame, current: dict) -> tuple[str, dict[str, float]] | None:
     """The last evaluation before this one, of another checkpoint, under the same evaluation
     settings (other settings score other sets): its checkpoint and bits-per-byte per eval set."""
@@ -76,9 +101,46 @@ def previous_evaluation(history: pl.DataFrame, current: dict) -> tuple[str, dict
     return chosen.get_column("checkpoint")[0], values
 
 
-def comparison(results: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
+def evaluation_checks(rows: pl.DataFrame, history: pl.DataFrame, tolerance: float) -> list[CheckOutcome]:
+    """EVALUATION_CHECKS for `rows` (this evaluation's results) against `history` (every other
+    evaluation's): metrics finite, every eval set better than the unigram baseline, and none worse
+    than under the previous checkpoint beyond `tolerance` (a warning: a new mixture may trade one
+    set for another)."""
+    records = rows.to_dicts()
+    worse = [r["eval_set"] for r in records if not r["bits_per_byte"] < r["unigram_bits_per_byte"]]
+    previous = previous_evaluation(history, rows.row(0, named=True))
+    current = dict(zip(rows.get_column("eval_set"), rows.get_column("bits_per_byte"), strict=True))
+    regressed = regressions(current, previous[1], tolerance) if previous else {}
+    return [
+        CheckOutcome("metrics_finite", is_finite_result(records)),
+        CheckOutcome(
+            "beats_unigram_baseline",
+            not worse,
+            {
+                "not_better": ", ".join(worse) or "none",
+                **{f"margin/{r['eval_set']}": r["unigram_bits_per_byte"] - r["bits_per_byte"] for r in records},
+            },
+        ),
+        CheckOutcome(
+            "no_regression_vs_previous",
+            not regressed,
+            {
+                "previous_checkpoint": previous[0] if previous else "none",
+                "tolerance": tolerance,
+                **{f"bits_per_byte/{name}": f"{old:.4f} -> {new:.4f}" for name, (old, new) in regressed.items()},
+            },
+            warn_only=True,
+        ),
+    ]
+
+
+def comparison_table(store: ShardStore) -> pl.DataFrame:
     """One row per evaluated checkpoint, oldest first: bits-per-byte per eval set and accuracy
     per downstream task as columns."""
+    results = read_history(store, RESULTS)
+    if not results.height:
+        raise EvaluationError(f"{EVALUATION} holds no results: materialize it first")
+    tasks = read_history(store, TASKS)
     keys = ["evaluation_id", "evaluated_at", "generation", "step", "tokens_seen", "mixture", "checkpoint_data_version"]
     keys += ["mixture_data_version", "checkpoint"]
     wide = results.pivot(on="eval_set", index=keys, values="bits_per_byte", aggregate_function="first")
@@ -88,11 +150,3 @@ def comparison(results: pl.DataFrame, tasks: pl.DataFrame) -> pl.DataFrame:
         wide = wide.join(accuracy.rename({c: f"acc_{c}" for c in accuracy.columns if c != "evaluation_id"}),
                          on="evaluation_id", how="left")  # fmt: skip
     return wide.sort("evaluated_at", "evaluation_id")
-
-
-def comparison_table(store: ShardStore) -> pl.DataFrame:
-    """The comparison of every checkpoint evaluated so far."""
-    results = read_history(store, RESULTS)
-    if not results.height:
-        raise EvaluationError(f"{EVALUATION} holds no results: materialize it first")
-    return comparison(results, read_history(store, TASKS))

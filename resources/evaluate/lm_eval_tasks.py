@@ -15,15 +15,14 @@ import contextlib
 import json
 import math
 import os
-import re
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from resources.evaluate.errors import CheckpointLoadError, EvalSetError
 
@@ -31,7 +30,7 @@ PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SHIPPED_TASK_DIR = PROJECT_ROOT / "data" / "eval" / "tasks"
 
 # The harness expands `*` in task names as a glob and turns names into YAML file names here.
-_TASK_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+_TaskName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_-]*$")]
 # Metrics the harness reports per task that are not scores.
 _NOT_METRICS = {"alias", "name", "sample_len", "sample_count"}
 _OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
@@ -59,7 +58,7 @@ def shipped_tasks() -> dict[str, LocalTask]:
 class LmEvalSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    tasks: dict[str, LocalTask] = Field(default_factory=shipped_tasks)
+    tasks: dict[_TaskName, LocalTask] = Field(default_factory=shipped_tasks, min_length=1)
     backend: Literal["hf", "vllm"] = "hf"
     batch_size: int = Field(default=8, ge=1)
     limit: int | None = Field(default=None, ge=1, description="score only the first N items of each task")
@@ -70,16 +69,6 @@ class LmEvalSettings(BaseModel):
         default_factory=dict,
         description="extra keyword arguments for the backend, e.g. gpu_memory_utilization or max_model_len for vllm",
     )
-
-    @field_validator("tasks")
-    @classmethod
-    def _task_names(cls, tasks: dict[str, LocalTask]) -> dict[str, LocalTask]:
-        if not tasks:
-            raise ValueError("at least one task is needed")
-        bad = [name for name in tasks if not _TASK_NAME.fullmatch(name)]
-        if bad:
-            raise ValueError(f"task names must match {_TASK_NAME.pattern}: {', '.join(map(repr, bad))}")
-        return tasks
 
     def resolved(self, base: Path = PROJECT_ROOT) -> LmEvalSettings:
         """Relative task paths are taken from the project root, like every other path in the settings."""
@@ -131,15 +120,6 @@ def _check_item(item: Any, where: str) -> None:
         raise TaskDataError(f"{where}: 'answer' must be an integer index into 'choices'")
     if not 0 <= answer < len(choices):
         raise TaskDataError(f"{where}: 'answer' {answer} is out of range for {len(choices)} choices")
-
-
-def _check_checkpoint(checkpoint_dir: Path) -> None:
-    """Catch the common mistakes (wrong path, a directory that is not a model) before the harness
-    starts, whose own error would be a Hub lookup failure for a repo named like the path."""
-    if not checkpoint_dir.is_dir():
-        raise CheckpointLoadError(f"checkpoint directory not found: {checkpoint_dir}")
-    if not (checkpoint_dir / "config.json").is_file():
-        raise CheckpointLoadError(f"not a model checkpoint (no config.json): {checkpoint_dir}")
 
 
 def task_config(name: str, task: LocalTask, cache_dir: Path) -> dict[str, Any]:
@@ -299,16 +279,16 @@ def _metrics(task_results: dict[str, Any]) -> dict[str, float]:
 def run_lm_eval(checkpoint_dir: Path, settings: LmEvalSettings, device: str = "cpu") -> dict[str, dict[str, float]]:
     """Score a checkpoint on the local tasks: {task: {"acc", "acc_stderr", "acc_norm",
     "acc_norm_stderr", "n_samples"}}, where n_samples is the number of items scored (after
-    `limit`).
-
-    Everything that can be checked without the harness is checked first, so configuration
-    mistakes never wait on a model load.
-    """
+    `limit`). Inputs are checked before the harness loads."""
     settings = settings.resolved()
     checkpoint_dir = Path(checkpoint_dir).resolve()
     for name, task in settings.tasks.items():
         validate_task_file(name, Path(task.path))
-    _check_checkpoint(checkpoint_dir)
+    # The harness's own error for these would be a Hub lookup failure for a repo named like the path.
+    if not checkpoint_dir.is_dir():
+        raise CheckpointLoadError(f"checkpoint directory not found: {checkpoint_dir}")
+    if not (checkpoint_dir / "config.json").is_file():
+        raise CheckpointLoadError(f"not a model checkpoint (no config.json): {checkpoint_dir}")
     lm_eval = import_lm_eval()
 
     with tempfile.TemporaryDirectory(prefix="lm_eval_tasks_") as tmp, offline():
@@ -332,9 +312,7 @@ def run_lm_eval(checkpoint_dir: Path, settings: LmEvalSettings, device: str = "c
         finally:
             _release(model)
 
-    scores: dict[str, dict[str, float]] = {}
-    for name in settings.tasks:
-        metrics = _metrics(results["results"][name])
-        metrics["n_samples"] = float(results["n-samples"][name]["effective"])
-        scores[name] = metrics
-    return scores
+    return {
+        name: {**_metrics(results["results"][name]), "n_samples": float(results["n-samples"][name]["effective"])}
+        for name in settings.tasks
+    }

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import polars as pl
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 _DPI = 90
@@ -94,11 +95,12 @@ def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def _png(figure: Figure) -> bytes:
-    figure.tight_layout()
+def _plot(name: str, axes: Axes) -> Plot:
+    axes.legend(fontsize=8)
+    axes.figure.tight_layout()
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=_DPI)
-    return buffer.getvalue()
+    axes.figure.savefig(buffer, format="png", dpi=_DPI)
+    return Plot(name, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------- plots
@@ -106,8 +108,7 @@ def _png(figure: Figure) -> bytes:
 
 def funnel_plot(funnel: pl.DataFrame, stages: Sequence[str]) -> Plot:
     """Documents left after each stage, one line per crawl batch (`crawl_batch, stage, documents`)."""
-    figure = Figure(figsize=(7, 3.6))
-    axes = figure.add_subplot()
+    axes = Figure(figsize=(7, 3.6)).add_subplot()
     present = [s for s in stages if s in set(funnel.get_column("stage"))]
     for batch in sorted(set(funnel.get_column("crawl_batch"))):
         counts = dict(funnel.filter(pl.col("crawl_batch") == batch).select("stage", "documents").iter_rows())
@@ -115,16 +116,14 @@ def funnel_plot(funnel: pl.DataFrame, stages: Sequence[str]) -> Plot:
     axes.set_xticks(range(len(present)), [s.replace("_documents", "") for s in present])
     axes.set(ylabel="documents", title="documents after each stage, per crawl batch")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    return Plot("filter_funnel", _png(figure))
+    return _plot("filter_funnel", axes)
 
 
 def removed_plot(removed: pl.DataFrame) -> Plot:
     """Documents removed per rule (`stage, rule, crawl_batch, removed`), stacked by crawl batch."""
-    rules = removed.group_by("stage", "rule").agg(pl.col("removed").sum()).sort("removed")
+    rules = removed.group_by("stage", "rule").agg(pl.col("removed").sum()).sort("removed", "stage", "rule")
     labels = [f"{s.replace('_documents', '')}: {r}" for s, r in rules.select("stage", "rule").iter_rows()]
-    figure = Figure(figsize=(7, 0.9 + 0.28 * max(len(labels), 1)))
-    axes = figure.add_subplot()
+    axes = Figure(figsize=(7, 0.9 + 0.28 * max(len(labels), 1))).add_subplot()
     left = [0] * len(labels)
     for batch in sorted(set(removed.get_column("crawl_batch"))):
         part = removed.filter(pl.col("crawl_batch") == batch)
@@ -133,8 +132,7 @@ def removed_plot(removed: pl.DataFrame) -> Plot:
         axes.barh(labels, widths, left=left, label=batch)
         left = [a + b for a, b in zip(left, widths, strict=True)]
     axes.set(xlabel="documents removed", title="why documents were removed")
-    axes.legend(fontsize=8)
-    return Plot("removed_by_rule", _png(figure))
+    return _plot("removed_by_rule", axes)
 
 
 def tokens_plot(sources: dict[str, dict]) -> Plot:
@@ -142,8 +140,7 @@ def tokens_plot(sources: dict[str, dict]) -> Plot:
     names = sorted(sources)
     tokens = [sources[n].get("train_tokens", 0) for n in names]
     total = sum(tokens) or 1
-    figure = Figure(figsize=(6, 3.2))
-    axes = figure.add_subplot()
+    axes = Figure(figsize=(6, 3.2)).add_subplot()
     positions = range(len(names))
     axes.bar([p - 0.2 for p in positions], [t / total for t in tokens], width=0.4, label="share of tokens")
     axes.bar([p + 0.2 for p in positions], [sources[n].get("weight", 0) for n in names], width=0.4, label="weight")
@@ -151,19 +148,16 @@ def tokens_plot(sources: dict[str, dict]) -> Plot:
         axes.annotate(f"{t:,} tokens", (p - 0.2, t / total), ha="center", va="bottom", fontsize=8)
     axes.set_xticks(list(positions), names)
     axes.set(ylabel="fraction", title="tokens by source and mixture weight", ylim=(0, 1.15))
-    axes.legend(fontsize=8)
-    return Plot("tokens_by_source", _png(figure))
+    return _plot("tokens_by_source", axes)
 
 
 def loss_plot(curves: dict[str, list[float]]) -> Plot:
-    figure = Figure(figsize=(7, 3.6))
-    axes = figure.add_subplot()
+    axes = Figure(figsize=(7, 3.6)).add_subplot()
     for label, losses in curves.items():
         axes.plot(range(1, len(losses) + 1), losses, linewidth=1, label=label)
     axes.set(xlabel="step", ylabel="train loss (nats/token)", title="training loss per checkpoint generation")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    return Plot("loss_curves", _png(figure))
+    return _plot("loss_curves", axes)
 
 
 def metrics_plot(results: pl.DataFrame) -> Plot:
@@ -171,8 +165,7 @@ def metrics_plot(results: pl.DataFrame) -> Plot:
     order = results.group_by("evaluation_id").agg(pl.col("evaluated_at").min(), pl.col("checkpoint").first())
     order = order.sort("evaluated_at")
     position = {e: i for i, e in enumerate(order.get_column("evaluation_id"))}
-    figure = Figure(figsize=(7, 3.6))
-    axes = figure.add_subplot()
+    axes = Figure(figsize=(7, 3.6)).add_subplot()
     for eval_set in sorted(set(results.get_column("eval_set"))):
         part = results.filter(pl.col("eval_set") == eval_set)
         xs = [position[e] for e in part.get_column("evaluation_id")]
@@ -182,5 +175,4 @@ def metrics_plot(results: pl.DataFrame) -> Plot:
     axes.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
     axes.set(ylabel="bits per byte (lower is better)", title="evaluation per checkpoint (dashed: unigram baseline)")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize=8)
-    return Plot("eval_over_checkpoints", _png(figure))
+    return _plot("eval_over_checkpoints", axes)

@@ -52,8 +52,7 @@ def decontamination_examples(lineage: LineageCatalog) -> pl.DataFrame:
 
 def report_sections(store: ShardStore, lineage: LineageCatalog, checkpoint_asset: str) -> list[Section]:
     """Summary, latest scores, metrics over checkpoints, loss curves, tokens by source, the filter
-    funnel, removals by rule, decontamination and samples, from the evaluation history, the
-    mixture, the lineage catalog and the checkpoints' manifests."""
+    funnel, removals by rule, decontamination and samples."""
     results, samples = read_history(store, RESULTS), read_history(store, SAMPLES)
     mixture, _ = read_mixture(store)
     funnel = lineage.query(_FUNNEL_SQL.format(stages=", ".join(f"'{s}'" for s in FUNNEL_STAGES)))

@@ -168,17 +168,9 @@ class SetScore:
         return None if self.unigram_bits is None else self.unigram_bits / self.bytes
 
     def row(self) -> dict[str, Any]:
-        return {
-            "eval_set": self.eval_set,
-            "documents": self.documents,
-            "bytes": self.bytes,
-            "tokens": self.tokens,
-            "loss": self.loss,
-            "perplexity": self.perplexity,
-            "bits_per_byte": self.bits_per_byte,
-            "unigram_bits_per_byte": self.unigram_bits_per_byte,
-            "encoding": self.encoding,
-        }
+        """The results table's columns, in order."""
+        columns = "eval_set documents bytes tokens loss perplexity bits_per_byte unigram_bits_per_byte encoding"
+        return {name: getattr(self, name) for name in columns.split()}
 
 
 def unigram_log2_probs(counts: np.ndarray) -> np.ndarray:

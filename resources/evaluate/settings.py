@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from resources.common.config import Section
 from resources.common.versioning import file_digest
 from resources.evaluate.lm_eval_tasks import LmEvalSettings
 from resources.llm.vllm_backend import VLLMSettings
@@ -19,16 +20,12 @@ DEFAULT_PROMPTS = (
 )
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class EvalSetSpec(_Section):
+class EvalSetSpec(Section):
     path: str = Field(description="text or jsonl file (local path or fsspec URL); jsonl: a `text` field per line")
     encoding: str | None = Field(default=None, description="default: detected (BOM, UTF-16, UTF-8, cp1252)")
 
 
-class GenerationSettings(_Section):
+class GenerationSettings(Section):
     """Samples to read next to the numbers: fixed prompts and seed, so checkpoints compare."""
 
     backend: Literal["vllm", "transformers", "none"] = "vllm"
@@ -40,7 +37,7 @@ class GenerationSettings(_Section):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
-class ReferenceSettings(_Section):
+class ReferenceSettings(Section):
     """A fixed, independently trained model scored like our checkpoints (same bits-per-byte engine,
     same held-out split and eval sets), drawn beside them: where our checkpoint stands against, say,
     SmolLM2-135M, trained on trillions of tokens. Scored once per (model, settings, eval-set
@@ -67,7 +64,7 @@ class ReferenceSettings(_Section):
         return self.model_dump(exclude={"max_batch_tokens"})
 
 
-class EvaluationSettings(_Section):
+class EvaluationSettings(Section):
     eval_sets: dict[str, str | EvalSetSpec] = Field(
         default_factory=lambda: {"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"},
         description="name -> file; scored besides the project's held-out split",
@@ -95,17 +92,9 @@ class EvaluationSettings(_Section):
         }
 
     def output_shaping(self) -> dict[str, object]:
-        """What changes the checkpoints' numbers (not device or batch size)."""
-        shaping = self.model_dump(
-            exclude={
-                "eval_sets": True,
-                "device": True,
-                "batch_size": True,
-                "regression_tolerance": True,
-                "generation": {"vllm": True},
-                "reference": True,  # the reference_evaluation asset's, not the checkpoints'
-            }
-        )
+        """What changes the checkpoints' numbers (not device or batch size; the reference model's
+        settings are the reference_evaluation asset's)."""
+        shaping = self.model_dump(exclude={"device", "batch_size", "regression_tolerance", "reference"})
         shaping["generation"]["vllm"] = self.generation.vllm.output_shaping()  # its dtype changes the samples
         shaping["eval_sets"] = self._eval_set_shaping()
         return shaping

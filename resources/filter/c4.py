@@ -12,7 +12,7 @@ from resources.filter.text_units import DocView, count_sentences, split_words
 
 
 class C4Settings(RuleSettings):
-    """C4's line filters (datatrove's C4QualityFilter defaults, line mode); None turns one off."""
+    """datatrove's defaults; None turns a check off."""
 
     remove_citations: bool = True
     filter_no_terminal_punct: bool = True
@@ -31,13 +31,8 @@ _POLICY_PHRASES = ("terms of use", "privacy policy", "cookie policy", "uses cook
 
 
 class C4Lines(Rule):
-    """Keeps only lines that look like sentences, then drops documents left with too few.
-
-    Removes lines without terminal punctuation, with fewer than 3 words, with a 1000+
-    character word, mentioning javascript or cookie/terms boilerplate (and Wikipedia-style
-    citation marks); drops the document outright on "lorem ipsum" or a curly bracket in a
-    kept line. This rule edits the text. Sentences are counted only until there are enough.
-    """
+    """Keeps only the lines that look like prose (this rule edits the text), then drops documents
+    left with too few sentences, counted only until there are enough."""
 
     name = "c4"
     family = "c4"

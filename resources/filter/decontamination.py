@@ -13,13 +13,10 @@ Sequences shorter than `ngram` words cannot share an n-gram, so they are matched
 A whole-sequence match is contamination by itself, whatever `min_matches` says. Below
 `min_words` (default 8) a sequence is too common to be evidence and is never matched.
 
-The index holds 64-bit hashes only: each word is hashed with xxh3-64, an n-gram is a
-polynomial of its word hashes mod 2^64 (computed for a whole document at once with numpy),
-and every distinct hash carries a bitmask of the evaluation sets it occurs in. That is
-8 bytes plus 1-8 bytes of mask per distinct hash, for the n-grams and for the windows of
-`min_words`..`ngram`-1 words used by short documents: about 9 x (ngram - min_words + 1)
-bytes per evaluation word (9 MB for WikiText-2 valid). `min_words = ngram` turns whole-
-sequence matching off and keeps only the n-gram table.
+The index holds 64-bit hashes only (xxh3-64 per word, n-grams as in `NGramKeys`), each distinct
+hash with a bitmask of the evaluation sets holding it: about 9 x (ngram - min_words + 1) bytes
+per evaluation word, for the n-grams and the shorter windows together (9 MB for WikiText-2
+valid). `min_words = ngram` turns whole-sequence matching off and keeps only the n-gram table.
 
 Removal key: `decontamination_ngram_overlap`, with detail "<eval set>:<matches>".
 """
@@ -28,7 +25,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -38,6 +35,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from resources.filter.text_sources import TextSourceError, read_documents
+from resources.filter.text_units import NGramKeys
 
 MAX_EVAL_SETS = 64  # one bit each in a uint64 mask
 OVERLAP = "decontamination_ngram_overlap"
@@ -80,19 +78,17 @@ class Contamination(NamedTuple):
     matches: int
 
 
-@dataclass(frozen=True)
+@dataclass
 class EvalSetStats:
     path: str
-    documents: int
-    words: int
-    ngrams: int  # n-gram positions indexed
-    short_documents: int  # min_words <= words < ngram: matched whole
-    ignored_documents: int  # fewer than min_words words
+    documents: int = 0
+    words: int = 0
+    ngrams: int = 0  # n-gram positions indexed
+    short_documents: int = 0  # min_words <= words < ngram: matched whole
+    ignored_documents: int = 0  # fewer than min_words words
 
 
 _WORD = re.compile(r"\w+")
-# Odd, so multiplying by it is a bijection mod 2^64 and no word position is ever ignored.
-_MULTIPLIER = np.uint64(0x9E3779B97F4A7C15)
 
 
 def words_of(text: str) -> list[str]:
@@ -105,22 +101,11 @@ def _word_hashes(words: list[str]) -> np.ndarray:
     return np.fromiter(map(xxhash.xxh3_64_intdigest, encoded), dtype=np.uint64, count=len(words))
 
 
-def _windows(word_hashes: np.ndarray, sizes: Iterable[int]) -> Iterator[tuple[int, np.ndarray]]:
-    """For each size (ascending), the hash of every run of that many consecutive words:
-    sum of h[i + j] * M^(size-1-j) mod 2^64, grown one word at a time, so all sizes up to n
-    cost n vector operations together."""
-    hashes, size = word_hashes, 1
-    for target in sizes:
-        while size < target:
-            hashes = hashes[:-1] * _MULTIPLIER + word_hashes[size:]
-            size += 1
-        yield target, hashes
-
-
 class _HashTable:
     """Sorted distinct hashes, each with the bitmask of the evaluation sets holding it."""
 
-    def __init__(self, chunks: list[np.ndarray], owners: list[int], mask_type: type[np.unsignedinteger]) -> None:
+    def __init__(self, parts: list[tuple[np.ndarray, int]], mask_type: type[np.unsignedinteger]) -> None:
+        chunks, owners = zip(*parts, strict=True)
         hashes = np.concatenate(chunks)
         bits = np.left_shift(1, np.array(owners, dtype=np.uint64)).astype(mask_type)
         masks = np.repeat(bits, [len(c) for c in chunks])
@@ -149,35 +134,32 @@ class Decontaminator:
         self.names = list(settings.eval_sets)
         self.stats: dict[str, EvalSetStats] = {}
         n, min_words = settings.ngram, settings.min_words
-        ngrams: tuple[list[np.ndarray], list[int]] = ([], [])
-        windows: dict[int, tuple[list[np.ndarray], list[int]]] = {k: ([], []) for k in range(min_words, n)}
-        short_items: dict[int, tuple[list[np.ndarray], list[int]]] = {}
+        # (hashes of every run of k words, the eval set holding them) for k in min_words..n
+        windows: dict[int, list[tuple[np.ndarray, int]]] = {k: [] for k in range(min_words, n + 1)}
+        short_items: dict[int, list[tuple[np.ndarray, int]]] = {}  # the same, for whole short documents
         for owner, (name, path) in enumerate(settings.eval_sets.items()):
-            counts = {"documents": 0, "words": 0, "ngrams": 0, "short_documents": 0, "ignored_documents": 0}
+            stats = self.stats[name] = EvalSetStats(path)
             for document in read_documents(path, what=f"eval set {name!r}"):
                 hashes = _word_hashes(words_of(document))
-                counts["documents"] += 1
-                counts["words"] += len(hashes)
+                stats.documents += 1
+                stats.words += len(hashes)
                 if len(hashes) < min_words:
-                    counts["ignored_documents"] += 1
+                    stats.ignored_documents += 1
                     continue
+                keys = NGramKeys(hashes)
+                for size in range(min_words, min(len(hashes), n) + 1):
+                    windows[size].append((keys[size], owner))
                 if len(hashes) < n:
-                    counts["short_documents"] += 1
-                for size, chunk in _windows(hashes, range(min_words, min(len(hashes), n) + 1)):
-                    if size == n:
-                        _add(ngrams, chunk, owner)
-                        counts["ngrams"] += len(chunk)
-                    else:
-                        _add(windows[size], chunk, owner)
-                        if size == len(hashes):
-                            _add(short_items.setdefault(size, ([], [])), chunk, owner)
-            if counts["ngrams"] + counts["short_documents"] == 0:
+                    stats.short_documents += 1
+                    short_items.setdefault(len(hashes), []).append((keys[len(hashes)], owner))
+                else:
+                    stats.ngrams += len(hashes) - n + 1
+            if stats.ngrams + stats.short_documents == 0:
                 raise TextSourceError(f"eval set {name!r} has no document of at least {min_words} words: {path}")
-            self.stats[name] = EvalSetStats(path=path, **counts)
         mask_type = next(t for t in (np.uint8, np.uint16, np.uint32, np.uint64) if np.iinfo(t).bits >= len(self.names))
-        self._ngrams = _HashTable(*ngrams, mask_type) if ngrams[0] else None
-        self._windows = {k: _HashTable(*parts, mask_type) for k, parts in windows.items() if parts[0]}
-        self._short_items = {k: _HashTable(*parts, mask_type) for k, parts in sorted(short_items.items())}
+        self._windows = {k: _HashTable(parts, mask_type) for k, parts in windows.items() if parts}
+        self._ngrams = self._windows.pop(n, None)
+        self._short_items = {k: _HashTable(parts, mask_type) for k, parts in sorted(short_items.items())}
 
     @property
     def index_bytes(self) -> int:
@@ -188,17 +170,16 @@ class Decontaminator:
         """The evaluation set `text` is contaminated with (the one it shares most with, the first
         registered on a tie), or None when it is clean."""
         hashes = _word_hashes(words_of(text))
+        keys = NGramKeys(hashes)
         shared = np.zeros(len(self.names), dtype=np.int64)  # distinct n-grams in common
         whole = np.zeros(len(self.names), dtype=np.int64)  # whole short sequences in common
         if len(hashes) >= self.settings.ngram:
-            for size, runs in _windows(hashes, [*self._short_items, self.settings.ngram]):
-                if size in self._short_items:
-                    whole += self._per_set(self._short_items[size].masks_of(runs))
-                elif self._ngrams is not None:
-                    shared += self._per_set(self._ngrams.masks_of(runs))
+            for size, table in self._short_items.items():
+                whole += self._per_set(table.masks_of(keys[size]))
+            if self._ngrams is not None:
+                shared += self._per_set(self._ngrams.masks_of(keys[self.settings.ngram]))
         elif len(hashes) in self._windows:
-            for size, runs in _windows(hashes, [len(hashes)]):
-                whole += self._per_set(self._windows[size].masks_of(runs))
+            whole += self._per_set(self._windows[len(hashes)].masks_of(keys[len(hashes)]))
         contaminated = (whole > 0) | (shared >= self.settings.min_matches)
         if not contaminated.any():
             return None
@@ -212,8 +193,3 @@ class Decontaminator:
     def _per_set(self, masks: np.ndarray) -> np.ndarray:
         """How many of the matched hashes each evaluation set holds."""
         return np.array([np.count_nonzero(masks & (1 << bit)) for bit in range(len(self.names))], dtype=np.int64)
-
-
-def _add(table: tuple[list[np.ndarray], list[int]], chunk: np.ndarray, owner: int) -> None:
-    table[0].append(chunk)
-    table[1].append(owner)

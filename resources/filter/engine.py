@@ -1,21 +1,23 @@
-"""The filtering stage: per shard, language ID, then the heuristic rules, then decontamination (the
-first rule a document fails is the one recorded as the reason it was removed); the quality
-classifier, trained on reference text against a sample of the filtered crawl or loaded; per
-shard, the classifier's scores and the documents it keeps. And the settings of each step.
+"""The filtering stages and their settings: per shard, language ID, the heuristic rules, then
+decontamination (the first failure is the reason recorded); the quality classifier, trained on
+reference text against a sample of the filtered crawl, or loaded; per shard, its scores and the
+documents it keeps.
 
-The settings are read when the code location loads: they refuse configuration errors there (an
-unknown language code, a missing local eval set) and `output_shaping` hashes the files an output
-depends on, but nothing loads a model or reads an eval set until an asset builds its engine.
+The settings refuse configuration errors when the code location loads (an unknown language code,
+a missing local eval set) and `output_shaping` hashes the files an output depends on, but no
+model is loaded and no eval set read until an asset builds its engine.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
 
 import polars as pl
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from resources.common.config import Section
 from resources.common.schemas import removed_rows
 from resources.common.storage import ShardStore
 from resources.common.versioning import file_digest
@@ -34,16 +36,12 @@ QUALITY_STAGE = "quality"
 LOW_QUALITY = "quality_low_score"
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-def _file_digests(paths: list[str]) -> dict[str, str]:
+def _file_digests(paths: list[str | None]) -> dict[str, str]:
     """Input files shape outputs as much as thresholds do: their content joins the code version."""
-    return {path: digest for path in paths if (digest := file_digest(path)) is not None}
+    return {path: digest for path in paths if path and (digest := file_digest(path)) is not None}
 
 
-class FilterSettings(_Section):
+class FilterSettings(Section):
     language: LanguageSettings = Field(default_factory=LanguageSettings)
     heuristics: HeuristicSettings = Field(default_factory=HeuristicSettings)
     keep_rate_bounds: tuple[float, float] = (0.05, 1.0)
@@ -59,12 +57,12 @@ class FilterSettings(_Section):
         }
 
 
-def _default_quality() -> QualitySettings:
-    return QualitySettings(reference_files=["data/reference/wikitext2_reference.txt"], keep_top_fraction=0.8)
-
-
-class QualityStageSettings(_Section):
-    classifier: QualitySettings = Field(default_factory=_default_quality)
+class QualityStageSettings(Section):
+    classifier: QualitySettings = Field(
+        default_factory=lambda: QualitySettings(
+            reference_files=["data/reference/wikitext2_reference.txt"], keep_top_fraction=0.8
+        )
+    )
     negatives_per_partition: int = Field(default=5_000, ge=1, description="crawl documents sampled as negatives")
     retrain_on_new_data: bool = Field(
         default=False, description="off: trained once; new crawl batches are scored by the same model"
@@ -77,28 +75,20 @@ class QualityStageSettings(_Section):
         classifier = self.classifier
         return {
             "classifier": classifier.model_dump(exclude={"keep_threshold", "keep_top_fraction"}),
-            "negatives_per_partition": self.negatives_per_partition,
-            "retrain_on_new_data": self.retrain_on_new_data,
-            "files": _file_digests(
-                [*classifier.reference_files, *([classifier.model_path] if classifier.model_path else [])]
-            ),
+            **self.model_dump(include={"negatives_per_partition", "retrain_on_new_data"}),
+            "files": _file_digests([*classifier.reference_files, classifier.model_path]),
         }
 
     def keep_shaping(self) -> dict[str, object]:
         """What decides which scored documents are kept (the scores come with the model)."""
-        return {
-            "keep_threshold": self.classifier.keep_threshold,
-            "keep_top_fraction": self.classifier.keep_top_fraction,
-        }
+        return self.classifier.model_dump(include={"keep_threshold", "keep_top_fraction"})
 
 
+@dataclass
 class DocumentFilter:
-    def __init__(
-        self, language: LanguageIdentifier, heuristics: HeuristicFilter, decontaminator: Decontaminator | None
-    ) -> None:
-        self.language = language
-        self.heuristics = heuristics
-        self.decontaminator = decontaminator
+    language: LanguageIdentifier
+    heuristics: HeuristicFilter
+    decontaminator: Decontaminator
 
     @classmethod
     def build(cls, settings: FilterSettings, decontamination: DecontaminationSettings) -> Self:
@@ -121,7 +111,7 @@ class DocumentFilter:
                 text, failure = self.heuristics.apply(text)
                 if failure is not None:
                     rule, detail = failure.key, failure.detail
-                elif self.decontaminator is not None and (hit := self.decontaminator.check(text)) is not None:
+                elif (hit := self.decontaminator.check(text)) is not None:
                     rule, detail = OVERLAP, f"{hit.eval_set}:{hit.matches}"
             rules.append(rule)
             details.append(detail)
@@ -163,17 +153,15 @@ def quality_model(
         return Path(loaded.path), {"model_version": loaded.model_version, "mode": "load"}, {}
     negatives, inputs = crawl_sample(store, filtered, settings.negatives_per_partition)
     trained = train_classifier(reference_documents(classifier), negatives, classifier, str(workdir))
-    metadata = {**trained.metadata(), "mode": "train"}
-    metadata.pop("model_path")
-    return Path(trained.model_path), metadata, inputs
+    return trained.model_path, {**trained.metadata(), "mode": "train"}, inputs
 
 
+@dataclass
 class QualityFilter:
     """Scores a shard's documents (`quality_score`) and keeps the best (see `QualitySettings.keep_mask`)."""
 
-    def __init__(self, model: QualityClassifier, settings: QualitySettings) -> None:
-        self.model = model
-        self.settings = settings
+    model: QualityClassifier
+    settings: QualitySettings
 
     @classmethod
     def load(cls, path: str | Path, settings: QualitySettings) -> Self:

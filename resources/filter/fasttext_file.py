@@ -9,6 +9,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
+LABEL_PREFIX = "__label__"
 _MAGIC = 793712314
 _SUPERVISED = 3  # fastText's model_name enum: cbow = 1, sg, sup
 _HEADER = struct.Struct("<ii")  # magic, version

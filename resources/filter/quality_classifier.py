@@ -2,9 +2,7 @@
 
 Positives are documents from a configured reference set (WikiText, a curated jsonl, ...),
 negatives are documents sampled from the crawl itself; the score of a document is the
-classifier's probability of the positive label. Reference files are read by
-`resources.filter.text_sources`; model files are checked by `resources.filter.fasttext_file`
-before fastText loads them.
+classifier's probability of the positive label.
 
 Determinism: fastText trains with lock-free (Hogwild) SGD, so only `threads=1` gives the same
 model bytes, hence the same `model_version`, for the same data and seed. That is the default:
@@ -15,7 +13,6 @@ everything downstream of the scores stale. Scoring is deterministic whatever the
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -26,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -34,10 +31,9 @@ import fasttext
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from resources.filter.fasttext_file import check_fasttext_file
+from resources.common.storage import sha256_bytes
+from resources.filter.fasttext_file import LABEL_PREFIX, check_fasttext_file
 from resources.filter.text_sources import read_documents
-
-LABEL_PREFIX = "__label__"
 
 
 class QualityDataError(ValueError):
@@ -109,8 +105,6 @@ class QualitySettings(BaseModel):
         return mask
 
 
-# -- preprocessing ----------------------------------------------------------------------------
-
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 
 
@@ -120,9 +114,6 @@ def preprocess(text: str, max_chars: int) -> str:
     collapsed to single spaces (fastText reads one example per line), and no word starting
     with `__label__`, which fastText would take for a label (a page about fastText has some)."""
     return " ".join(_TOKEN.findall(text[:max_chars].lower().replace(LABEL_PREFIX, "label ")))
-
-
-# -- the classifier ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -139,26 +130,22 @@ class ValidationMetrics:
     def of(cls, positive_scores: np.ndarray, negative_scores: np.ndarray) -> ValidationMetrics:
         true_pos = int(np.count_nonzero(positive_scores >= 0.5))
         false_pos = int(np.count_nonzero(negative_scores >= 0.5))
-        false_neg = len(positive_scores) - true_pos
-        true_neg = len(negative_scores) - false_pos
         precision = true_pos / (true_pos + false_pos) if true_pos + false_pos else 0.0
-        recall = true_pos / (true_pos + false_neg) if true_pos + false_neg else 0.0
+        recall = true_pos / len(positive_scores) if len(positive_scores) else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         examples = len(positive_scores) + len(negative_scores)
-        return cls(precision, recall, f1, (true_pos + true_neg) / examples, examples)
+        return cls(precision, recall, f1, (true_pos + len(negative_scores) - false_pos) / examples, examples)
 
 
+@dataclass(frozen=True)
 class QualityClassifier:
     """A loaded fastText model that scores documents: P(positive label), in [0, 1]."""
 
-    def __init__(
-        self, model: fasttext.FastText._FastText, path: Path, model_version: str, positive_label: str, max_chars: int
-    ) -> None:
-        self._model = model
-        self.path = path
-        self.model_version = model_version
-        self.positive_label = positive_label
-        self.max_chars = max_chars
+    _model: fasttext.FastText._FastText
+    path: Path
+    model_version: str
+    positive_label: str
+    max_chars: int
 
     @classmethod
     def load(
@@ -211,23 +198,17 @@ class TrainedClassifier:
 
     def metadata(self) -> dict[str, str | int | float]:
         """Flat values for a Dagster MaterializeResult."""
-        values: dict[str, str | int | float] = {
+        metrics = asdict(self.metrics) if self.metrics is not None else {}
+        metrics.pop("examples", None)
+        return {
             "model_version": self.model_version,
-            "model_path": str(self.model_path),
             "train_positives": self.train_positives,
             "train_negatives": self.train_negatives,
             "validation_positives": self.validation_positives,
             "validation_negatives": self.validation_negatives,
             "train_seconds": round(self.seconds, 3),
+            **metrics,
         }
-        if self.metrics is not None:
-            values.update(
-                precision=self.metrics.precision,
-                recall=self.metrics.recall,
-                f1=self.metrics.f1,
-                accuracy=self.metrics.accuracy,
-            )
-        return values
 
 
 def reference_documents(settings: QualitySettings) -> list[str]:
@@ -268,8 +249,7 @@ def train_classifier(
     rng.shuffle(lines)  # SGD over one class then the other would end biased to the last one
     with tempfile.TemporaryDirectory(dir=workdir, prefix=".train-") as scratch:
         train_file = Path(scratch) / "train.txt"
-        with train_file.open("w", encoding="utf-8") as stream:
-            stream.writelines(lines)
+        train_file.write_text("".join(lines), encoding="utf-8")
         scratch_model = Path(scratch) / "model.bin"
         _train_fasttext(train_file, scratch_model, settings)
         version = file_version(scratch_model)
@@ -360,8 +340,4 @@ def _split(examples: list[str], fraction: float) -> tuple[list[str], list[str]]:
 
 def file_version(path: Path) -> str:
     """The model's version: the first 16 hex digits of the sha256 of its bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
+    return sha256_bytes(path.read_bytes())[:16]

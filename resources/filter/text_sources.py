@@ -77,7 +77,7 @@ def load_text(path: str, *, what: str = "reference file", encoding: str | None =
         raise TextSourceError(f"{what} {path} cannot be decoded as {encoding}: {exc}") from exc
 
 
-def read_documents(path: str, *, what: str = "reference file", encoding: str | None = None) -> list[str]:
+def read_documents(path: str, *, what: str = "reference file") -> list[str]:
     """The documents of a text or jsonl file (see `load_text`).
 
     - `*.jsonl` / `*.ndjson`: one JSON object per line, its `text` field a document.
@@ -86,10 +86,9 @@ def read_documents(path: str, *, what: str = "reference file", encoding: str | N
       learn WikiText's markup as "quality".
     - any other text: documents separated by blank lines.
 
-    Files are read whole: reference and evaluation sets are small. `what` names the file's role
-    in error messages (e.g. "eval set 'wikitext'").
+    Files are read whole: reference and evaluation sets are small.
     """
-    text, _ = load_text(path, what=what, encoding=encoding)
+    text, _ = load_text(path, what=what)
     return split_documents(text, path, what=what)
 
 

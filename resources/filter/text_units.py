@@ -1,5 +1,5 @@
-"""Text units the heuristic rules measure: words (a fast spaCy-compatible tokenizer), sentences,
-repeated lines, and one document's words computed once for every rule that needs them.
+"""Text units the filters measure: words (a fast spaCy-compatible tokenizer), sentences, repeated
+lines, word n-gram keys, and one document's words computed once for every rule that needs them.
 
 A fast approximation of the spaCy tokenizer datatrove counts words with (spaCy's shared
 punctuation rules, without its per-language exception tables), so that word-based ratios
@@ -17,7 +17,9 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from functools import cached_property
 
+import numpy as np
 import regex
 
 # Sentence terminals per Unicode (".", "!", "?", "。", "؟", "।", ...): the end-of-line marks of
@@ -43,10 +45,6 @@ def _bmp_class(*categories: str) -> str:
     return "".join(re.escape(chr(a)) + ("-" + re.escape(chr(b)) if b > a else "") for a, b in ranges)
 
 
-def _class(chars: str) -> str:
-    return "".join(map(re.escape, chars))
-
-
 _QUOTES = "'\"”“`‘´’‚,„»«「」『』（）〔〕【】《》〈〉⟦⟧"
 _PUNCT = ",:;!?¿؟¡()[]{}<>_#*&。？！，、；：～·।،۔؛٪"
 _EDGE_CHARS = frozenset(_PUNCT + _QUOTES)
@@ -58,7 +56,7 @@ _CONTRACTIONS += tuple(c.upper() for c in _CONTRACTIONS[8:])
 _LETTER = _bmp_class("L")
 _LOWER = _bmp_class("Ll", "Lo")  # spaCy groups uncased scripts (CJK, Arabic, ...) with lower case
 _UPPER_OR_UNCASED = _bmp_class("Lu", "Lo")
-_EDGE = _class(_PUNCT + _QUOTES)
+_EDGE = "".join(map(re.escape, _PUNCT + _QUOTES))
 # pictographs (So): the BMP ones and the emoji blocks; °, a unit sign, stays on its number
 _PICTOGRAPH = f"[{_bmp_class('So').replace('°', '')}\U0001f000-\U0001faff]"
 _INFIX_HINT = re.compile(rf"[.…\-–—~:<>=/,+*^]|{_PICTOGRAPH}").search  # most cores hold none of these
@@ -197,32 +195,46 @@ def count_sentences(words: list[str], stop_at: int | None = None) -> int:
 class DocView:
     """One document's text and what several rules derive from it, each computed once."""
 
-    __slots__ = ("_counts", "_words", "text")
-
     def __init__(self, text: str) -> None:
         self.text = text
-        self._words: list[str] | None = None
-        self._counts: Counter[str] | None = None
 
-    @property
+    @cached_property
     def words(self) -> list[str]:
-        if self._words is None:
-            self._words = split_words(self.text)
-        return self._words
+        return split_words(self.text)
 
-    @property
+    @cached_property
     def word_counts(self) -> Counter[str]:
-        if self._counts is None:
-            self._counts = Counter(self.words)
-        return self._counts
+        return Counter(self.words)
 
     def replace_text(self, text: str) -> None:
         """A rule edited the text: what was derived from the old one is stale."""
         if text != self.text:
-            self.text, self._words, self._counts = text, None, None
+            self.text = text
+            self.__dict__.pop("words", None)
+            self.__dict__.pop("word_counts", None)
 
 
 def duplicates(parts: list[str]) -> tuple[int, int]:
     """(parts equal to an earlier part, their characters), without a Python loop."""
     unique = set(parts)
     return len(parts) - len(unique), sum(map(len, parts)) - sum(map(len, unique))
+
+
+class NGramKeys:
+    """64-bit keys for a document's word n-grams: `keys[n][i]` stands for words i..i+n-1, a
+    polynomial of their uint64 keys mod 2^64 (the multiplier is odd, so no word is ignored).
+
+    Equal n-grams get equal keys; two different ones share a key with probability ~2^-62, far
+    below one in any corpus. Each size is built from the one below and kept, so all sizes up to
+    n cost n vector operations, instead of a tuple (or a joined string) hashed per position and n.
+    """
+
+    _MIX = np.uint64(0x9E3779B97F4A7C15)
+
+    def __init__(self, word_keys: np.ndarray) -> None:
+        self._keys = [word_keys]
+
+    def __getitem__(self, n: int) -> np.ndarray:
+        while len(self._keys) < n:
+            self._keys.append(self._keys[-1][:-1] * self._MIX + self._keys[0][len(self._keys) :])
+        return self._keys[n - 1]

@@ -6,13 +6,8 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
+from resources.common.checks import CheckOutcome
 from resources.common.schemas import PROVENANCE_COLUMNS
-
-
-@dataclass
-class CheckOutcome:
-    passed: bool
-    metadata: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass
@@ -38,12 +33,13 @@ class DocumentChecks:
             self.missing_by_column[column] += count
         self.incomplete += frame.filter(pl.any_horizontal(missing)).height
 
-    def outcomes(self) -> dict[str, CheckOutcome]:
+    def outcomes(self) -> list[CheckOutcome]:
         rows = self.rows
-        return {
-            "unique_doc_id": CheckOutcome(self.duplicates == 0, {"rows": rows, "duplicate_doc_ids": self.duplicates}),
-            "no_empty_text": CheckOutcome(self.empty == 0, {"rows": rows, "empty_texts": self.empty}),
-            "provenance_complete": CheckOutcome(
+        return [
+            CheckOutcome("unique_doc_id", self.duplicates == 0, {"rows": rows, "duplicate_doc_ids": self.duplicates}),
+            CheckOutcome("no_empty_text", self.empty == 0, {"rows": rows, "empty_texts": self.empty}),
+            CheckOutcome(
+                "provenance_complete",
                 self.incomplete == 0,
                 {
                     "rows": rows,
@@ -51,4 +47,4 @@ class DocumentChecks:
                     **{f"missing_{k}": v for k, v in self.missing_by_column.items()},
                 },
             ),
-        }
+        ]

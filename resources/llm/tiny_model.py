@@ -1,15 +1,10 @@
 """A tiny Llama-architecture model and byte-level BPE tokenizer, built locally in seconds.
 
 Tests, the demo and the rewriting benchmark need a model vLLM can load, and nothing may be
-downloaded, so the project builds one: a BPE tokenizer trained with HF `tokenizers` on local
-text, and a randomly initialised `LlamaForCausalLM` saved with `save_pretrained` (the same
-layout the training stage writes, so the rewriter loads either the same way). Random weights
-generate gibberish, which is all a test of the machinery needs. It has a chat template, like an
-instruct model, so chat-formatted recipes run on it.
-
-The architecture respects what vLLM's CPU attention kernels accept (head_dim 64: hidden 128,
-2 heads). Everything is seeded, so the same inputs give byte-identical files, and the directory
-is a few MB.
+downloaded: a BPE tokenizer trained on local text and a seeded, randomly initialised
+`LlamaForCausalLM` saved with `save_pretrained` (the training stage's layout) are enough to test the
+machinery. head_dim is 64 (hidden 128, 2 heads), as vLLM's CPU attention kernels require. It has a
+chat template, like an instruct model, so chat-formatted recipes run on it.
 """
 
 from __future__ import annotations
@@ -26,6 +21,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 DEFAULT_TEXT_FILES = (Path(__file__).resolve().parents[2] / "data" / "reference" / "wikitext2_reference.txt",)
 BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"
 _MARKER = "tiny_model.json"  # what the directory was built from; an unchanged spec is not rebuilt
+SHAPE = {"vocab_size": 1024, "hidden_size": 128, "num_heads": 2, "num_layers": 2, "max_position_embeddings": 1024}
+SEED = 0
 # ChatML's shape with the tiny vocabulary's own markers, so recipes that need a chat template run
 # on the tiny model as they do on a real instruct model.
 CHAT_TEMPLATE = (
@@ -67,17 +64,7 @@ def build_tokenizer(text_files: Sequence[Path], vocab_size: int, max_chars: int 
     return tokenizer
 
 
-def build_tiny_model(
-    out_dir: Path | str,
-    *,
-    text_files: Sequence[Path | str] = DEFAULT_TEXT_FILES,
-    vocab_size: int = 1024,
-    hidden_size: int = 128,
-    num_heads: int = 2,
-    num_layers: int = 2,
-    max_position_embeddings: int = 1024,
-    seed: int = 0,
-) -> Path:
+def build_tiny_model(out_dir: Path | str, *, text_files: Sequence[Path | str] = DEFAULT_TEXT_FILES) -> Path:
     """Write a loadable model directory (config.json, model.safetensors, tokenizer files) and
     return it. A directory already built from the same spec is returned as is."""
     out = Path(out_dir)
@@ -85,41 +72,33 @@ def build_tiny_model(
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"tokenizer training text not found: {', '.join(missing)}")
-    spec = {
-        "text_files": [str(p.resolve()) for p in files],
-        "text_sizes": [p.stat().st_size for p in files],
-        "vocab_size": vocab_size,
-        "hidden_size": hidden_size,
-        "num_heads": num_heads,
-        "num_layers": num_layers,
-        "max_position_embeddings": max_position_embeddings,
-        "seed": seed,
-        "chat_template": CHAT_TEMPLATE,
-    }
+    texts = {"text_files": [str(p.resolve()) for p in files], "text_sizes": [p.stat().st_size for p in files]}
+    spec = {**texts, **SHAPE, "seed": SEED, "chat_template": CHAT_TEMPLATE}
     marker = out / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return out
 
-    tokenizer = build_tokenizer(files, vocab_size)
+    tokenizer = build_tokenizer(files, SHAPE["vocab_size"])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
-    fast.model_max_length = max_position_embeddings
+    fast.model_max_length = SHAPE["max_position_embeddings"]
     fast.chat_template = CHAT_TEMPLATE
+    hidden, heads = SHAPE["hidden_size"], SHAPE["num_heads"]
     config = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=num_heads,
-        num_key_value_heads=num_heads,
-        head_dim=hidden_size // num_heads,
-        max_position_embeddings=max_position_embeddings,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=SHAPE["num_layers"],
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=SHAPE["max_position_embeddings"],
         tie_word_embeddings=True,
         bos_token_id=fast.bos_token_id,
         eos_token_id=fast.eos_token_id,
         pad_token_id=fast.pad_token_id,
         dtype="float32",
     )
-    torch.manual_seed(seed)
+    torch.manual_seed(SEED)
     model = LlamaForCausalLM(config).eval()
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)

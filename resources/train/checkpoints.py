@@ -1,4 +1,5 @@
-"""Checkpoint directories: written atomically, verified on read, kept as a history.
+"""Checkpoint directories: written atomically, verified on read, kept as a history, and read back
+into a run only when they fit it.
 
 A training run owns one directory; each checkpoint is a subdirectory named by its step:
 
@@ -10,18 +11,19 @@ A training run owns one directory; each checkpoint is a subdirectory named by it
         loss_curve.png      the loss so far
         manifest.json       written last: size and sha256 of every file above, the token shards
                             (path + data version) trained on, metrics, config, parent checkpoint
-    <run_dir>/step-000200/ ...
 
 A checkpoint is first written to `<run_dir>/.tmp-step-...`, every file and the directory are
 fsync'ed, and only then renamed to its final name, so a kill at any moment leaves either a complete
 step directory or a hidden temporary one (removed on the next start). Step directories are never
 overwritten. "Latest" is not a pointer file that could go stale: it is the highest-numbered step
 directory that verifies (manifest present, every file there with its recorded size and hash); a
-damaged one is skipped with a warning and the one before it is used.
+damaged one is skipped with a warning and the one before it is used. Weights load exactly as saved;
+a checkpoint of another model shape is refused rather than half loaded.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -33,7 +35,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
+from matplotlib.figure import Figure
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from resources.train.config import EXECUTION_KNOBS
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "trainer_state.pt"
@@ -52,17 +59,16 @@ TOKENIZER_FILES = (
 )
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 _TMP_PREFIX = ".tmp-"
-_HASH_CHUNK = 1 << 23
+# Free to differ on resume: how the run executes, and what only its start reads (the pipeline's
+# choice of data and parent is already in the sources and in the saved lineage).
+RESUME_FREE = EXECUTION_KNOBS | {"out_dir", "tokenizer_path", "continue_from", "load_optimizer"}
+RESUME_FREE |= {"continue_training", "replay_fraction"}
 
 log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be used or written."""
-
-
-def step_dir_name(step: int) -> str:
-    return f"step-{step:06d}"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -132,6 +138,73 @@ def load_trainer_state(path: str | Path) -> dict[str, Any]:
     return torch.load(Path(path) / STATE_FILE, map_location="cpu", weights_only=True)
 
 
+def load_weights(model: LlamaForCausalLM, checkpoint: Path) -> None:
+    """Load fp32 weights exactly as saved (no dtype round trip); a tied head may be absent."""
+    weights = safetensors.torch.load_file(checkpoint / MODEL_FILE)
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    tied = {"lm_head.weight", "model.embed_tokens.weight"} if model.config.tie_word_embeddings else set()
+    if unexpected or set(missing) - tied or len(missing) > 1:
+        raise CheckpointError(f"{checkpoint} does not fit the model: missing {missing}, unexpected {unexpected}")
+
+
+def check_same_shape(config: LlamaConfig, checkpoint: Path) -> None:
+    """Refuse a parent checkpoint whose architecture differs from the model being trained."""
+    parent = json.loads((checkpoint / "config.json").read_text())
+    keys = (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "tie_word_embeddings",
+    )
+    differ = [f"{k}: {parent.get(k)} vs {getattr(config, k)}" for k in keys if parent.get(k) != getattr(config, k)]
+    if differ:
+        raise CheckpointError(f"cannot continue from {checkpoint}: another model shape ({'; '.join(differ)})")
+
+
+def check_resumable(
+    state: dict[str, Any], current: dict[str, Any], sources: list[dict[str, Any]], world: int, run_dir: Path
+) -> None:
+    """Refuse another model shape; warn when anything else that shapes the trajectory changed."""
+    saved = state["config"]
+    shape = [k for k in ("preset", "vocab_size", "seq_len") if saved.get(k) != current[k]]
+    if shape:
+        raise CheckpointError(
+            f"cannot resume {run_dir}: its checkpoints have another {', '.join(shape)} "
+            f"({', '.join(f'{k}={saved.get(k)!r}' for k in shape)}); use a new out_dir or continue_from"
+        )
+    changed = sorted(k for k in current if k not in RESUME_FREE and saved.get(k) != current[k])
+    if state["data"]["sources"] != sources:
+        changed.append("data sources")
+    if state["data"]["world_size"] != world:
+        changed.append("world size")
+    if changed:
+        log.warning(
+            "resuming %s with changed %s: the run will differ from an uninterrupted one", run_dir, ", ".join(changed)
+        )
+
+
+def parent_lineage(parent: Path) -> dict[str, Any]:
+    """What a continued run inherits from its parent checkpoint, for its manifests."""
+    manifest = read_manifest(parent)
+    return {
+        "continued_from": {"path": str(parent), "step": manifest["step"]},
+        "parent_trained_on": manifest["trained_on"],
+        "parent_tokens": manifest["total_tokens_seen"],
+    }
+
+
+def loss_curve_markdown(checkpoint: Path) -> str:
+    """The checkpoint's loss curve as a data URL (empty when there is none): the UI shows it without a
+    file server."""
+    png = checkpoint / PLOT_FILE
+    if not png.exists():
+        return ""
+    return f"![loss curve](data:image/png;base64,{base64.b64encode(png.read_bytes()).decode()})"
+
+
 def clean_partial(run_dir: str | Path) -> list[Path]:
     """Remove temporary directories left by a run killed while saving (they were never renamed, so
     nothing reads them). Call before a run starts writing, from the one process that writes."""
@@ -150,19 +223,27 @@ def copy_tokenizer(tokenizer_dir: str | Path, directory: Path) -> None:
             shutil.copy2(Path(tokenizer_dir) / name, directory / name)
 
 
+def plot_losses(losses: list[float], checkpoint: Path, title: str) -> None:
+    """The loss curve as the checkpoint's PNG, drawn on a bare Figure (Agg canvas, no pyplot global state)."""
+    figure = Figure(figsize=(6, 3.5), dpi=100)
+    axes = figure.add_subplot()
+    axes.plot(range(1, len(losses) + 1), losses, linewidth=1)
+    axes.set(xlabel="step", ylabel="train loss", title=title)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(checkpoint / PLOT_FILE)
+
+
 def save_checkpoint(
     run_dir: str | Path, step: int, write_files: Callable[[Path], None], manifest: dict[str, Any]
 ) -> Path:
-    """Write a checkpoint atomically and return its directory.
-
-    `write_files(directory)` writes the weights, trainer state and any other files; this function
-    adds `manifest.json` (the given fields plus `format`, `step` and every file's size and sha256),
-    fsyncs, and renames the directory into place. An existing step directory is never replaced:
-    a verified one is an error, a damaged one is moved aside (kept hidden for inspection).
-    """
+    """Write a checkpoint atomically and return its directory: `write_files(directory)` writes every
+    file but the manifest, which gets `manifest` plus format, step and every file's size and sha256.
+    An existing step directory is never replaced: a verified one is an error, a damaged one is moved
+    aside (kept hidden for inspection)."""
     root = Path(run_dir)
     root.mkdir(parents=True, exist_ok=True)
-    final = root / step_dir_name(step)
+    final = root / f"step-{step:06d}"
     tmp = root / f"{_TMP_PREFIX}{final.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
@@ -191,11 +272,8 @@ def save_checkpoint(
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _fsync(path: Path) -> None:

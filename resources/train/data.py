@@ -1,28 +1,17 @@
 """Training batches from memory-mapped token shards, mixed across sources by weight.
 
-The model of the data:
+- a **token file** is a flat array of token ids (`uint16`/`uint32`, documents separated by EOS),
+  memory-mapped, never read whole; its **train spans** are the `(offset, length)` ranges of its
+  train-split documents (from the shard's index Parquet); without spans the whole file is train data;
+- a **source** is token files plus a mixture weight; its spans, in file order, form one virtual token
+  stream, and a window may cross from one span (or file) into the next;
+- a **batch** is `micro_batch_size` windows of `seq_len + 1` tokens (inputs and shifted targets); each
+  row picks a source with probability weight / sum(weights) and a uniformly random start in its
+  stream, as nanoGPT's `get_batch` does.
 
-- a **token file** is a local flat array of token ids (`uint16` or `uint32`, documents separated by
-  EOS), opened with `numpy.memmap`, so no shard is ever read whole into memory;
-- its **train spans** are the `(offset, length)` token ranges of the documents in the train split
-  (`TokenFile.from_index` reads them from the shard's index Parquet: `doc_id, offset, length, split`);
-  without spans the whole file is training data. A span should cover its document's EOS separator;
-  `from_index` makes sure of that;
-- a **source** is a list of token files plus a mixture weight. Its train spans, in file order, form
-  one virtual token stream; a window may cross from one span (or file) into the next;
-- a **batch** is `micro_batch_size` windows of `seq_len + 1` contiguous tokens (inputs and shifted
-  targets). Each row picks a source with probability weight / sum(weights) and a uniformly random
-  start in that source's stream, as nanoGPT's `get_batch` does.
-
-Sampling is a pure function of `(seed, step, micro_step, rank)`: the data position is the step
-counter, so a run resumed from a checkpoint at step k draws exactly the batches an uninterrupted
-run draws from step k on, with nothing else to save. Ranks draw different windows.
-
-Continual pre-training replays old data by adding a source over the old shards whose weight is the
-replay fraction (`with_replay`).
-
-Not yet here: loss masking. Metadata prefixes (MeCo, the index's `prefix_length`) are read as
-ordinary tokens, with loss on them.
+Sampling is a pure function of `(seed, step, micro_step, rank)` (ranks draw different windows), so a
+run resumed at step k draws exactly the batches an uninterrupted run draws from step k on, with
+nothing else to save. Metadata prefixes (MeCo) are read as ordinary tokens, with loss on them.
 """
 
 from __future__ import annotations
@@ -133,8 +122,7 @@ class TokenSource:
 
     @classmethod
     def from_dict(cls, spec: Mapping[str, Any]) -> TokenSource:
-        """From JSON: `{"name", "weight", "files": [{"path", "dtype", "data_version", "index"?, "split"?,
-        "spans"?: [[offset, length], ...]}]}` (the launcher script's spec format)."""
+        """From the JSON of `scripts/train_ddp.py`'s spec (a file's `index` or `spans` selects its train part)."""
         files = []
         for f in spec["files"]:
             common = {"dtype": f.get("dtype", "uint16"), "data_version": f.get("data_version", "")}
@@ -146,11 +134,9 @@ class TokenSource:
         return cls(spec["name"], files, float(spec.get("weight", 1.0)))
 
 
-def with_replay(
-    sources: Sequence[TokenSource], replay_files: Sequence[TokenFile], fraction: float, name: str = "replay"
-) -> list[TokenSource]:
+def with_replay(sources: Sequence[TokenSource], old: Sequence[TokenFile], fraction: float) -> list[TokenSource]:
     """Continual pre-training mix: the new sources keep their relative weights and get 1 - fraction
-    of the rows, a source over earlier shards gets `fraction` (a small replay rate stabilises CPT)."""
+    of the rows, a source over the `old` shards gets `fraction` (a small replay rate stabilises CPT)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"replay fraction must be in [0, 1), got {fraction}")
     total = sum(s.weight for s in sources)
@@ -158,9 +144,9 @@ def with_replay(
         raise DataError("no new training data to mix replay into")
     mixed = [TokenSource(s.name, s.files, s.weight / total * (1.0 - fraction)) for s in sources]
     if fraction > 0:
-        if not replay_files:
+        if not old:
             raise DataError("replay requested but no earlier token files given")
-        mixed.append(TokenSource(name, list(replay_files), fraction))
+        mixed.append(TokenSource("replay", list(old), fraction))
     return mixed
 
 
@@ -180,10 +166,7 @@ class _Stream:
         table = np.concatenate(rows) if rows else np.zeros((0, 3), np.int64)
         self.file_of, self.start, self.end = table[:, 0], table[:, 1], table[:, 2]
         self.cum = np.concatenate([[0], np.cumsum(self.end - self.start)])
-
-    @property
-    def tokens(self) -> int:
-        return int(self.cum[-1])
+        self.tokens = int(self.cum[-1])
 
     def read(self, position: int, length: int, out: np.ndarray) -> None:
         """Copy `length` tokens starting at virtual `position` into `out` (usually one slice)."""

@@ -17,7 +17,6 @@ T = TypeVar("T")
 class Placement:
     rank: int
     world: int
-    local_rank: int
     device: torch.device
     owns_group: bool  # this process created the process group, so it destroys it too
 
@@ -38,7 +37,7 @@ class Placement:
         owns = world > 1 and not dist.is_initialized()
         if owns:
             dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-        return cls(rank, world, local, device, owns)
+        return cls(rank, world, device, owns)
 
     def teardown(self) -> None:
         if self.owns_group and dist.is_initialized():
@@ -58,7 +57,3 @@ class Placement:
             dist.all_reduce(values)
             values /= self.world
         return values
-
-    def barrier(self) -> None:
-        if self.world > 1:
-            dist.barrier()

@@ -15,33 +15,18 @@ from resources.tokenize.tokenizer import load_tokenizer
 from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import TokenSource, with_replay
 from resources.train.mixture import TRAINING_MIXTURE, mixture_token_sources, read_mixture
-from resources.train.trainer import TrainResult, train
+from resources.train.trainer import train
 
 CHECKPOINT = "checkpoint"
 
 
 @dataclass
 class Generation:
-    result: TrainResult
+    checkpoint: Path  # the final step directory
     files: list[ShardInfo]  # the final step's files, as published
     inputs: dict[str, str]  # every token shard, the tokenizer and the mixture, with their data versions
     stats: dict[str, object]  # the final step directory (relative to the asset's) and its step
-    continued_from: str | None
-    token_shards: int
-
-    def summary(self) -> dict[str, object]:
-        result = self.result
-        return {
-            "step": result.step,
-            "final_loss": round(result.final_loss, 4),
-            "tokens_seen": result.tokens_seen,
-            "tokens_per_second": round(result.tokens_per_s, 1),
-            "mfu": round(result.mfu, 4) if result.mfu is not None else None,
-            "parameters": result.params,
-            "resumed_from": str(result.resumed_from or ""),
-            "continued_from": self.continued_from or "",
-            "token_shards": self.token_shards,
-        }
+    summary: dict[str, object]  # the run's numbers, for the asset's metadata
 
 
 def with_seen_replay(sources: Sequence[TokenSource], seen: set[str], fraction: float) -> list[TokenSource] | None:
@@ -64,12 +49,6 @@ def meco_cooldown(store: ShardStore, mixture: dict[str, dict], continuing: bool)
         for m in store.iter_manifests(spec["asset"])
     )
     return mixture_token_sources(store, mixture, drop_prefix=True) if prefixed and not continuing else None
-
-
-def run_name(shaping: dict[str, object], inputs: dict[str, str], continue_from: str | None) -> str:
-    """One run directory per (settings, data, parent): rerunning after a kill resumes it; new data
-    or settings start a new generation beside the old ones."""
-    return f"run-{stable_hash([shaping, inputs, continue_from])[:12]}"
 
 
 def train_generation(
@@ -96,8 +75,11 @@ def train_generation(
     inputs.update(tokenizer_inputs)
     inputs[TRAINING_MIXTURE] = mixture_version
     root = store.local_dir(CHECKPOINT, None)  # remote stores: trained locally, final step uploaded
+    # One run directory per (settings, data, parent): rerunning after a kill resumes it; new data or
+    # settings start a new generation beside the old ones.
+    run_name = f"run-{stable_hash([config.output_shaping(), inputs, continue_from])[:12]}"
     spec = RunSpec(
-        out_dir=str(root / run_name(config.output_shaping(), inputs, continue_from)),
+        out_dir=str(root / run_name),
         vocab_size=tokenizer.vocab_size,
         tokenizer_path=str(tokenizer_dir),
         eos_token_id=tokenizer.eos_id,
@@ -107,4 +89,15 @@ def train_generation(
     final = result.checkpoint
     published = store.publish_files(CHECKPOINT, None, root, sorted(p for p in final.iterdir() if p.is_file()), MODEL)
     stats = {"checkpoint": str(final.relative_to(root)), "step": result.step}
-    return Generation(result, published, inputs, stats, continue_from, len(files))
+    summary = {
+        "step": result.step,
+        "final_loss": round(result.final_loss, 4),
+        "tokens_seen": result.tokens_seen,
+        "tokens_per_second": round(result.tokens_per_s, 1),
+        "mfu": round(result.mfu, 4) if result.mfu is not None else None,
+        "parameters": result.params,
+        "resumed_from": str(result.resumed_from or ""),
+        "continued_from": continue_from or "",
+        "token_shards": len(files),
+    }
+    return Generation(final, published, inputs, stats, summary)

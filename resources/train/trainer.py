@@ -20,12 +20,6 @@ Why it is built this way:
   optimizer) into a fresh run: the step counter starts at 0, so the LR warms up again (re-warming
   ends better than keeping the decayed LR), and replay comes from a source over the old shards
   (`resources.train.data.with_replay`). Each manifest lists every shard of the whole lineage.
-- **Bad inputs fail first.** Empty data and token ids outside the vocabulary raise `DataError`
-  before a model is built.
-
-Settings: `resources.train.config`. The pieces the loop is made of: `optim` (AdamW, LR schedule),
-`distributed` (ranks, devices, collectives), `resume` (where a run starts), `throughput` (tokens/s,
-MFU), `loss_curve` (the plot); checkpoint layout and atomicity: `checkpoints`.
 """
 
 from __future__ import annotations
@@ -46,10 +40,16 @@ from torch.nn.parallel import DistributedDataParallel
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from resources.train.checkpoints import (
-    PLOT_FILE,
     STATE_FILE,
+    check_resumable,
+    check_same_shape,
+    clean_partial,
     copy_tokenizer,
+    latest_checkpoint,
     load_trainer_state,
+    load_weights,
+    parent_lineage,
+    plot_losses,
     read_manifest,
     resolve_checkpoint,
     save_checkpoint,
@@ -57,13 +57,13 @@ from resources.train.checkpoints import (
 from resources.train.config import RunSpec, TrainConfig, run_record
 from resources.train.data import TokenSource, TrainData
 from resources.train.distributed import Placement
-from resources.train.loss_curve import plot_losses
-from resources.train.optim import build_optimizer, lr_at, schedule_state
 from resources.train.presets import build_model, flops_per_token, model_config, total_params
-from resources.train.resume import check_resumable, check_same_shape, load_weights, parent_lineage, restore_point
 from resources.train.throughput import Throughput, default_peak_flops
 
 log = logging.getLogger(__name__)
+
+# What `lr_at` reads, saved in the trainer state.
+SCHEDULE_SETTINGS = {"schedule", "lr", "min_lr_ratio", "warmup_steps", "max_steps", "decay_fraction"}
 
 
 @dataclass
@@ -92,6 +92,33 @@ class NonFiniteLossError(RuntimeError):
         )
 
 
+def lr_at(step: int, config: TrainConfig) -> float:
+    """The LR of optimizer step `step` (0-based): linear warmup to `lr`, then either cosine decay
+    to `lr * min_lr_ratio` at `max_steps`, or WSD (constant, then a linear decay over the last
+    `decay_fraction` of the steps; a long stable phase can be extended or branched from)."""
+    peak, floor = config.lr, config.lr * config.min_lr_ratio
+    if step < config.warmup_steps:
+        return peak * (step + 1) / config.warmup_steps
+    if config.schedule == "cosine":
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+        return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+    decay_start = max(config.warmup_steps, config.max_steps - round(config.decay_fraction * config.max_steps))
+    if step < decay_start:
+        return peak
+    progress = min(1.0, (step - decay_start + 1) / max(1, config.max_steps - decay_start))
+    return peak + (floor - peak) * progress
+
+
+def build_optimizer(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with decay on matrices only (norm gains are not decayed), fused kernels on CUDA."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=device.type == "cuda")
+
+
 def train(
     config: TrainConfig,
     spec: RunSpec,
@@ -102,9 +129,9 @@ def train(
     """Train (or resume, or continue) a model on the given token sources; see the module docstring.
 
     `progress` is called on rank 0 every `log_every` steps with step, loss, lr, tokens_seen and
-    tokens_per_s (the Dagster asset logs them). Raises `DataError` for unusable data,
-    `CheckpointError` for an unusable `continue_from` or a resume with another model shape, and
-    `NonFiniteLossError` when training diverges.
+    tokens_per_s (the Dagster asset logs them). Raises `DataError` for unusable data (empty, or ids
+    outside the vocabulary) before a model is built, `CheckpointError` for an unusable `continue_from`
+    or a resume with another model shape, and `NonFiniteLossError` when training diverges.
     """
     placement = Placement.setup(config.device)
     run: _Run | None = None
@@ -167,14 +194,17 @@ class _Run:
         self.lineage: dict[str, Any] = {"continued_from": None, "parent_trained_on": [], "parent_tokens": 0}
         self.forward_model: torch.nn.Module | None = None  # the model as called: compiled and/or DDP-wrapped
 
-    # -- set-up ------------------------------------------------------------------------
     def _build(self) -> dict[str, Any] | None:
         """Model and optimizer, restored from a checkpoint of this run or a parent run. Returns the
         trainer state being resumed, if any."""
         config, spec, device = self.config, self.spec, self.dist.device
         torch.manual_seed(config.seed)
         self.model: LlamaForCausalLM = build_model(self.model_config)
-        resume = restore_point(self.run_dir, self.dist)
+        resume = None
+        if self.dist.rank == 0:  # rank 0 cleans partial saves and picks the checkpoint every rank resumes
+            clean_partial(self.run_dir)
+            resume = latest_checkpoint(self.run_dir)
+        resume = self.dist.from_rank0(resume)
         state: dict[str, Any] | None = None
         if resume is not None:
             state = load_trainer_state(resume)
@@ -208,7 +238,6 @@ class _Run:
             self.forward_model = DistributedDataParallel(self.forward_model, device_ids=ids)
         return state
 
-    # -- the loop ----------------------------------------------------------------------
     def execute(self) -> TrainResult:
         config = self.config
         state = self._build()
@@ -283,7 +312,6 @@ class _Run:
                 }
             )
 
-    # -- results and checkpoints ---------------------------------------------------------
     def _metrics(self) -> dict[str, Any]:
         return {
             "loss": self.losses[-1],
@@ -309,14 +337,14 @@ class _Run:
         )
 
     def _save(self) -> None:
-        """Rank 0 writes (atomically, see resources.train.checkpoints); the others wait for it."""
+        """Rank 0 writes (atomically, see resources.train.checkpoints); the others wait for it in the
+        broadcast of its path."""
         if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
             raise NonFiniteLossError(self.step, "the weights became non-finite", self.last_checkpoint)
         if self.dist.rank == 0:
             self.last_checkpoint = save_checkpoint(self.run_dir, self.step, self._write_files, self._manifest())
             log.info("saved %s (loss %.4f)", self.last_checkpoint, self.losses[-1])
-        self.dist.barrier()
-        self.last_checkpoint = Path(self.dist.from_rank0(str(self.last_checkpoint)))
+        self.last_checkpoint = self.dist.from_rank0(self.last_checkpoint)
 
     def _manifest(self) -> dict[str, Any]:
         """Everything an audit asks of a checkpoint: what it was trained on, from what, how well."""
@@ -359,7 +387,7 @@ class _Run:
         state = {
             "step": self.step,
             "optimizer": self.optimizer.state_dict(),
-            "schedule": schedule_state(self.config),
+            "schedule": self.config.model_dump(include=SCHEDULE_SETTINGS),
             "rng": rng,
             "data": {
                 "seed": self.config.seed,
@@ -373,6 +401,6 @@ class _Run:
             "lineage": self.lineage,
         }
         torch.save(state, directory / STATE_FILE)
-        plot_losses(self.losses, directory / PLOT_FILE, f"{self.config.preset} · {self.run_dir.name}")
+        plot_losses(self.losses, directory, f"{self.config.preset} · {self.run_dir.name}")
         if self.spec.tokenizer_path:
             copy_tokenizer(self.spec.tokenizer_path, directory)

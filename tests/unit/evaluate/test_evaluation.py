@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from resources.evaluate.checks import is_finite_result, regressions
+from resources.evaluate.history import is_finite_result, regressions
 from resources.evaluate.scoring import (
     CheckpointLoadError,
     EvalSetError,

@@ -11,7 +11,6 @@ import pytest
 
 from resources.common.storage import ShardStore
 from resources.common.versioning import OutputVersion
-from resources.evaluate.checks import evaluation_checks
 from resources.evaluate.errors import EvaluationError
 from resources.evaluate.history import (
     EVALUATION,
@@ -19,6 +18,7 @@ from resources.evaluate.history import (
     SAMPLES,
     TASKS,
     comparison_table,
+    evaluation_checks,
     read_history,
     with_history,
     write_history,

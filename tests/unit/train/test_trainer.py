@@ -33,9 +33,8 @@ from resources.train.checkpoints import (
 )
 from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import DataError, TokenFile, TokenSource, TrainData, with_replay
-from resources.train.optim import lr_at
 from resources.train.presets import PRESETS, flop_params, model_config, total_params
-from resources.train.trainer import NonFiniteLossError, train
+from resources.train.trainer import NonFiniteLossError, lr_at, train
 
 ROOT = Path(__file__).resolve().parents[3]
 SCRIPT = ROOT / "scripts" / "train_ddp.py"
