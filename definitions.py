@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.dedup import build_deduplicated_documents
-from assets.evaluate import build_evaluation, model_comparison
+from assets.evaluate import build_evaluation, build_model_comparison, build_reference_evaluation
 from assets.filter import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report, report
@@ -29,6 +29,11 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_synthetic_documents(settings.rewrite, settings.quality.classifier),
             build_token_shards(settings.token_shards, SYNTHETIC_TOKEN_SHARDS, SYNTHETIC),
         ]
+    reference = (
+        [build_reference_evaluation(settings.evaluation, settings.token_shards.validation_fraction, None)]
+        if settings.evaluation.reference is not None
+        else []
+    )
     return dg.Definitions(
         assets=[
             build_raw_documents(settings.ingest, settings.source.storage_options),
@@ -42,7 +47,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_training_mixture(settings.mixture, token_assets),
             build_checkpoint(settings.training),
             build_evaluation(settings.evaluation, settings.token_shards.validation_fraction),
-            model_comparison,
+            *reference,
+            build_model_comparison(with_reference=bool(reference)),
             crawl_summary,
             decontamination_report,
             report,

@@ -68,6 +68,7 @@ STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
     ("training_mixture", False),
     ("checkpoint", False),
     ("evaluation", False),
+    ("reference_evaluation", False),
     ("model_comparison", False),
     ("crawl_summary", False),
     ("decontamination_report", False),

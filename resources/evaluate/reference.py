@@ -92,7 +92,7 @@ def evaluate_reference(
     reference = settings.reference
     if reference is None:
         raise EvaluationError("evaluation.reference is not configured")
-    mixture, mixture_version = read_mixture(store)
+    mixture, mixture_version = read_mixture(store) if settings.held_out else ({}, None)
     eval_sets = gather_eval_sets(store, settings, mixture, documents_asset, tokens_asset, validation_fraction, log)
     evaluation_id = stable_hash([model_version, code_version])[:16]
     previous = read_reference(store)
@@ -144,6 +144,5 @@ def evaluate_reference(
         pl.col("evaluated_at").cast(pl.Datetime("us", "UTC")), pl.col("unigram_bits_per_byte").cast(pl.Float64)
     )
     files = [store.write_parquet_shard(REFERENCE_EVALUATION, None, 0, frame, REFERENCE_RESULTS)]
-    return ReferenceEvaluation(
-        frame, scored, reused, files, {TRAINING_MIXTURE: mixture_version, **(model_inputs or {})}
-    )
+    inputs = {TRAINING_MIXTURE: mixture_version} if mixture_version else {}
+    return ReferenceEvaluation(frame, scored, reused, files, {**inputs, **(model_inputs or {})})

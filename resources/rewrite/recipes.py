@@ -46,6 +46,12 @@ class Selection(_Model):
     sample_fraction: float = Field(
         default=1.0, gt=0, le=1, description="share of the matching documents, chosen by a hash of doc_id"
     )
+    max_documents: int | None = Field(
+        default=None,
+        ge=1,
+        description="at most this many documents per input shard (those of the smallest sample points): "
+        "a bounded generation cost whatever a crawl batch holds",
+    )
 
     @field_validator("quality_range")
     @classmethod
@@ -135,9 +141,12 @@ class Recipe(_Model):
             mask &= pl.col("crawl").is_in(s.crawls)
         # with_columns broadcasts a mask of literals only (no filter configured) to every row
         selected = frame.with_columns(mask.fill_null(False).alias("__selected")).get_column("__selected")
-        if s.sample_fraction < 1:
-            sampled = [sample_point(self.name, doc_id) < s.sample_fraction for doc_id in frame["doc_id"]]
-            selected &= pl.Series(sampled, dtype=pl.Boolean)
+        if s.sample_fraction < 1 or s.max_documents is not None:
+            points = [sample_point(self.name, doc_id) for doc_id in frame["doc_id"]]
+            selected &= pl.Series([p < s.sample_fraction for p in points], dtype=pl.Boolean)
+            if s.max_documents is not None and selected.sum() > s.max_documents:
+                cutoff = sorted(p for p, chosen in zip(points, selected, strict=True) if chosen)[s.max_documents - 1]
+                selected &= pl.Series([p <= cutoff for p in points], dtype=pl.Boolean)
         return selected
 
 
@@ -193,7 +202,7 @@ LIBRARY: dict[str, Recipe] = {
             template="Rewrite the following web page text as clean, well-formatted prose. Keep its sentences and "
             "facts, and drop menus, links, advertising and cookie notices." + _SOURCE,
             cue="\n\nClean text:\n",
-            sampling=Sampling(temperature=0.2, top_p=0.9, max_tokens=768, frequency_penalty=0.3),
+            sampling=Sampling(temperature=0.2, top_p=0.9, max_tokens=768, frequency_penalty=0.5),
         ),
     )
 }
