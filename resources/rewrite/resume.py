@@ -122,6 +122,7 @@ def rewrite_partition(
                 "rows_in": stats.documents,
                 **stats.to_dict(),
                 "fingerprint": rewriter.fingerprint,
+                "model": rewriter.model_name,
                 "metrics": metrics.to_dict(),
             },
         )
