@@ -130,7 +130,8 @@ def summary(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settin
     lines = []
     mixture = latest("training_mixture")
     if mixture:
-        tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in mixture.items())
+        sources = {name: spec for name, spec in mixture.items() if isinstance(spec, dict)}  # not the path
+        tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in sources.items())
         lines.append(f"train tokens: {tokens}")
     checkpoint = latest("checkpoint")
     if checkpoint:
