@@ -184,8 +184,10 @@ LIBRARY: dict[str, Recipe] = {
         Recipe(
             name="qa_pairs",
             version="2",
-            template="Write three questions about the following text, each followed by its answer from the text. "
-            "Use the format:\nQuestion: ...\nAnswer: ..." + _SOURCE,
+            # The instruction after the text: SmolLM2-135M answered the text's questions instead of asking
+            # its own, or asked "what is the answer to the question" in loops, when it came first.
+            template="Text:\n{text}\n\nWrite three questions that this text answers. After each question, write "
+            "its answer from the text. Use the format:\nQuestion: ...\nAnswer: ...",
             cue="\n\nQuestion:",
             sampling=Sampling(temperature=0.3, top_p=0.9, max_tokens=512, frequency_penalty=0.5),
         ),

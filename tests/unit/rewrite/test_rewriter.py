@@ -217,9 +217,8 @@ def test_recipes_use_the_chat_template_or_a_plain_prompt_as_they_say(tiny_model:
     fallback = recipe.model_copy(update={"chat_template": "if_present"})
     plain.check(fallback)
     (prompt,) = plain.build(fallback, ["The lobster is blue."])
-    assert plain.tokenizer.decode(prompt.token_ids, skip_special_tokens=True).endswith(
-        "Text:\nThe lobster is blue.\n\nQuestion:"
-    )
+    decoded = plain.tokenizer.decode(prompt.token_ids, skip_special_tokens=True)
+    assert decoded.startswith("Text:\nThe lobster is blue.\n\n") and decoded.endswith("Answer: ...\n\nQuestion:")
 
 
 def test_prompts_longer_than_the_context_are_cut_by_tokens(tiny_model: Path) -> None:
