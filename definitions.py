@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.dedup import build_deduplicated_documents
-from assets.evaluate import build_evaluation, model_comparison
+from assets.evaluate import build_evaluation, build_model_comparison, build_reference_evaluation
 from assets.filter import (
     QUALITY_CLASSIFIER,
     build_filtered_documents,
@@ -14,7 +14,7 @@ from assets.filter import (
 )
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report, report
-from assets.rewrite import SYNTHETIC, build_rewriter_model, build_synthetic_documents
+from assets.rewrite import REWRITER_MODEL, SYNTHETIC, build_rewriter_model, build_synthetic_documents
 from assets.tokenize import TOKEN_SHARDS, TOKENIZER, build_token_shards, build_tokenizer
 from assets.train import build_checkpoint, build_training_mixture
 from jobs.automation import automate, automation_sensor
@@ -32,9 +32,20 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         token_assets["synthetic"] = SYNTHETIC_TOKEN_SHARDS
         rewriting = [
             build_rewriter_model(settings.rewrite.model),
-            build_synthetic_documents(settings.rewrite),
+            build_synthetic_documents(settings.rewrite, settings.quality.classifier),
             build_token_shards(settings.token_shards, SYNTHETIC_TOKEN_SHARDS, SYNTHETIC),
         ]
+    reference = (
+        [
+            build_reference_evaluation(
+                settings.evaluation,
+                settings.token_shards.validation_fraction,
+                REWRITER_MODEL if settings.rewrite is not None else None,
+            )
+        ]
+        if settings.evaluation.reference is not None
+        else []
+    )
     assets = [
         build_raw_documents(settings.ingest, settings.source),
         build_filtered_documents(settings.filter, settings.decontamination),
@@ -47,7 +58,8 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         build_training_mixture(settings.mixture, token_assets),
         build_checkpoint(settings.training),
         build_evaluation(settings.evaluation, settings.token_shards.validation_fraction),
-        model_comparison,
+        *reference,
+        build_model_comparison(with_reference=bool(reference)),
         crawl_summary,
         decontamination_report,
         report,

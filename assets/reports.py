@@ -7,6 +7,7 @@ import dagster as dg
 from assets.commit import commit, writing
 from assets.evaluate import MODEL_COMPARISON
 from assets.ingest import RAW_DOCUMENTS
+from assets.rewrite import SYNTHETIC
 from assets.train import CHECKPOINT
 from resources.common.storage import UNPARTITIONED, ShardInfo, sha256_bytes, stable_hash
 from resources.common.versioning import OutputVersion
@@ -16,7 +17,7 @@ from resources.resources import CatalogResource, StorageResource
 from resources.train.mixture import TRAINING_MIXTURE
 
 REPORT = "report"
-REPORT_VERSION = OutputVersion("1")
+REPORT_VERSION = OutputVersion("2")  # 2: rewriting sections, the reference model
 
 
 @dg.asset(
@@ -67,14 +68,14 @@ def decontamination_report(catalog: CatalogResource) -> dg.MaterializeResult:
     code_version=REPORT_VERSION.code_version,
     kinds={"html"},
     description="The whole pipeline on one page: filter funnel per crawl batch, why documents were removed, "
-    "tokens by source, loss curves, eval metrics over checkpoints, samples, decontamination. Markdown here, "
-    "plus a standalone HTML file.",
+    "what rewriting did, tokens by source, loss curves, eval metrics over checkpoints beside a reference model, "
+    "samples, decontamination. Markdown here, plus a standalone HTML file.",
 )
 def report(
     context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
 ) -> dg.MaterializeResult:
     with writing(context, storage) as store:
-        sections = report_sections(store, catalog.catalog(), CHECKPOINT)
+        sections = report_sections(store, catalog.catalog(), CHECKPOINT, SYNTHETIC)
         title = "crawl2ckpt report"
         directory = store.partition_dir(REPORT, None)
         files = []

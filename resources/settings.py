@@ -69,6 +69,7 @@ class Settings(Section):
         """Relative local paths are taken from the project root, not the current directory."""
         classifier = self.quality.classifier
         language = self.filter.language
+        reference = self.evaluation.reference
         return self.model_copy(
             update={
                 "filter": self.filter.model_copy(
@@ -111,6 +112,8 @@ class Settings(Section):
                             for name, spec in self.evaluation.specs().items()
                         },
                         "lm_eval": self.evaluation.lm_eval and self.evaluation.lm_eval.resolved(base),
+                        "reference": reference
+                        and reference.model_copy(update={"path": reference.path and _absolute(reference.path, base)}),
                     }
                 ),
                 "source": self.source.model_copy(

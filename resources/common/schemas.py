@@ -63,6 +63,11 @@ SYNTHETIC_SCHEMA: dict[str, pl.DataType] = {
     "prompt_tokens": pl.Int32(),
     "output_tokens": pl.Int32(),
     "source_tokens_cut": pl.Int32(),  # tokens of the source cut to fit the context (0: all of it)
+    # what rewriting did (resources/rewrite/metrics.py): against the source text the prompt held
+    "length_ratio": pl.Float32(),  # characters of the rewrite / of the source
+    "source_overlap": pl.Float32(),  # share of the rewrite's word 5-grams found in the source
+    "quality_score": pl.Float32(),  # the quality classifier's score of the rewrite (null: no classifier)
+    "source_quality_score": pl.Float32(),  # ... and of its source
     # the source document's provenance, typed as ingest writes it
     **{
         c: DOCUMENT_SCHEMA[c]

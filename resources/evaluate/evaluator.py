@@ -18,6 +18,7 @@ from resources.evaluate.lm_eval_tasks import run_lm_eval
 from resources.evaluate.report import markdown_table
 from resources.evaluate.scoring import (
     HELD_OUT,
+    EvalTexts,
     Sample,
     SetScore,
     generate_samples,
@@ -60,20 +61,11 @@ def evaluate(
     """Score the latest checkpoint of `checkpoint_asset`. The held-out split is the validation
     split (`validation_fraction`) of the `documents_asset` partitions whose `tokens_asset`
     partitions are in the mixture."""
-    eval_sets = [load_eval_set(name, spec) for name, spec in settings.specs().items()]  # fail before loading
     latest = store.read_manifest(checkpoint_asset, None)
     if latest is None:
         raise EvaluationError(f"{checkpoint_asset} is not materialized: materialize it first")
     mixture, mixture_version = read_mixture(store)
-    if settings.held_out:
-        crawl = [key for spec in mixture.values() if spec["asset"] == tokens_asset for key in spec["partitions"]]
-        held_out = held_out_texts(store, documents_asset, crawl, validation_fraction)
-        if held_out.documents:
-            eval_sets.insert(0, held_out)
-        else:
-            log("the validation split holds no documents: only the eval sets are scored")
-    if not eval_sets:
-        raise EvaluationError("nothing to evaluate: no eval set is configured and the held-out split is empty")
+    eval_sets = gather_eval_sets(store, settings, mixture, documents_asset, tokens_asset, validation_fraction, log)
     checkpoint_dir = store.local_partition(latest) / latest.stats["checkpoint"]
     model = load_checkpoint(checkpoint_dir, settings.device)
     unigram = unigram_log2_probs(training_token_counts(store, mixture, model.tokenizer.vocab_size))
@@ -123,6 +115,31 @@ def evaluate(
         write_history(store, tables),
         evaluation_checks(results.filter(this), results.filter(~this), settings.regression_tolerance),
     )
+
+
+def gather_eval_sets(
+    store: ShardStore,
+    settings: EvaluationSettings,
+    mixture: dict[str, dict],
+    documents_asset: str,
+    tokens_asset: str,
+    validation_fraction: float,
+    log: Callable[[str], None] = lambda message: None,
+) -> list[EvalTexts]:
+    """The registered eval sets (read first: a missing file fails before any model loads) and, in
+    front, the held-out split of the `documents_asset` partitions whose `tokens_asset` partitions
+    are in the mixture."""
+    eval_sets = [load_eval_set(name, spec) for name, spec in settings.specs().items()]
+    if settings.held_out:
+        crawl = [key for spec in mixture.values() if spec["asset"] == tokens_asset for key in spec["partitions"]]
+        held_out = held_out_texts(store, documents_asset, crawl, validation_fraction)
+        if held_out.documents:
+            eval_sets.insert(0, held_out)
+        else:
+            log("the validation split holds no documents: only the eval sets are scored")
+    if not eval_sets:
+        raise EvaluationError("nothing to evaluate: no eval set is configured and the held-out split is empty")
+    return eval_sets
 
 
 def scores_markdown(scores: list[SetScore], decontamination: pl.DataFrame) -> str:

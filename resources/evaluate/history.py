@@ -16,6 +16,8 @@ from resources.common.storage import ShardInfo, ShardStore
 from resources.evaluate.errors import EvaluationError
 
 EVALUATION = "evaluation"
+REFERENCE_EVALUATION = "reference_evaluation"
+REFERENCE_RESULTS = "results"
 RESULTS, SAMPLES, TASKS = "results", "samples", "tasks"
 EVALUATION_CHECKS = ("metrics_finite", "beats_unigram_baseline", "no_regression_vs_previous")
 
@@ -134,9 +136,11 @@ def evaluation_checks(rows: pl.DataFrame, history: pl.DataFrame, tolerance: floa
     ]
 
 
-def comparison_table(store: ShardStore) -> pl.DataFrame:
+def comparison_table(store: ShardStore, reference: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per evaluated checkpoint, oldest first: bits-per-byte per eval set and accuracy
-    per downstream task as columns."""
+    per downstream task as columns; then, if given, the reference model's row (its `reference`
+    results, see resources.evaluate.reference): kind `reference`, its name as the generation and
+    its content hash as the data version."""
     results = read_history(store, RESULTS)
     if not results.height:
         raise EvaluationError(f"{EVALUATION} holds no results: materialize it first")
@@ -149,4 +153,23 @@ def comparison_table(store: ShardStore) -> pl.DataFrame:
         accuracy = tasks.pivot(on="task", index="evaluation_id", values="acc", aggregate_function="first")
         wide = wide.join(accuracy.rename({c: f"acc_{c}" for c in accuracy.columns if c != "evaluation_id"}),
                          on="evaluation_id", how="left")  # fmt: skip
-    return wide.sort("evaluated_at", "evaluation_id")
+    table = wide.sort("evaluated_at", "evaluation_id").with_columns(pl.lit("checkpoint").alias("kind"))
+    if reference is None or not reference.height:
+        return table
+    row = reference.pivot(
+        on="eval_set", index=["evaluation_id", "model", "model_version"], values="bits_per_byte"
+    ).rename({"model": "checkpoint", "model_version": "checkpoint_data_version"})
+    row = row.rename({c: f"bpb_{c}" for c in row.columns if c not in keys}).with_columns(
+        pl.col("checkpoint").alias("generation"),
+        pl.lit(reference.get_column("evaluated_at").max()).alias("evaluated_at"),
+        pl.lit("reference").alias("kind"),
+    )
+    return pl.concat([table, row], how="diagonal_relaxed")
+
+
+def read_reference(store: ShardStore) -> pl.DataFrame:
+    """The reference rows as last written (empty if the asset was never materialized)."""
+    manifest = store.read_manifest(REFERENCE_EVALUATION, None)
+    if manifest is None or not store.shard_paths(manifest, REFERENCE_RESULTS):
+        return pl.DataFrame()
+    return pl.concat(store.iter_frames(manifest, table=REFERENCE_RESULTS), how="diagonal_relaxed")

@@ -160,19 +160,26 @@ def loss_plot(curves: dict[str, list[float]]) -> Plot:
     return _plot("loss_curves", axes)
 
 
-def metrics_plot(results: pl.DataFrame) -> Plot:
-    """Bits-per-byte per eval set over evaluated checkpoints (oldest first), unigram baselines dashed."""
+def metrics_plot(results: pl.DataFrame, reference: pl.DataFrame | None = None) -> Plot:
+    """Bits-per-byte per eval set over evaluated checkpoints (oldest first), unigram baselines dashed,
+    the reference model's score (`eval_set`, `bits_per_byte`, `model`) dotted across."""
     order = results.group_by("evaluation_id").agg(pl.col("evaluated_at").min(), pl.col("checkpoint").first())
     order = order.sort("evaluated_at")
     position = {e: i for i, e in enumerate(order.get_column("evaluation_id"))}
     axes = Figure(figsize=(7, 3.6)).add_subplot()
+    reference_scores = dict(reference.select("eval_set", "bits_per_byte").iter_rows()) if reference is not None else {}
     for eval_set in sorted(set(results.get_column("eval_set"))):
         part = results.filter(pl.col("eval_set") == eval_set)
         xs = [position[e] for e in part.get_column("evaluation_id")]
         line = axes.plot(xs, part.get_column("bits_per_byte").to_list(), marker="o", label=eval_set)[0]
         axes.plot(xs, part.get_column("unigram_bits_per_byte").to_list(), linestyle="--", color=line.get_color())
+        if eval_set in reference_scores:
+            axes.axhline(reference_scores[eval_set], linestyle=":", color=line.get_color())
     labels = [c.replace("/step-", " @") for c in order.get_column("checkpoint")]
     axes.set_xticks(range(len(labels)), labels, rotation=15, fontsize=8)
-    axes.set(ylabel="bits per byte (lower is better)", title="evaluation per checkpoint (dashed: unigram baseline)")
+    title = "evaluation per checkpoint (dashed: unigram baseline"
+    if reference is not None and reference.height:
+        title += f", dotted: {reference.get_column('model')[0]}"
+    axes.set(ylabel="bits per byte (lower is better)", title=title + ")")
     axes.grid(alpha=0.3)
     return _plot("eval_over_checkpoints", axes)

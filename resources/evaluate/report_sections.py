@@ -10,8 +10,9 @@ import polars as pl
 
 from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
-from resources.evaluate.history import RESULTS, SAMPLES, read_history
+from resources.evaluate.history import RESULTS, SAMPLES, read_history, read_reference
 from resources.evaluate.report import Section, funnel_plot, loss_plot, metrics_plot, removed_plot, tokens_plot
+from resources.rewrite.metrics import COPY_OVERLAP, OVERLAP_NGRAM, RewriteMetrics
 from resources.train.mixture import read_mixture
 
 _SUMMARY_SQL = """
@@ -48,10 +49,14 @@ def decontamination_examples(lineage: LineageCatalog) -> pl.DataFrame:
     )
 
 
-def report_sections(store: ShardStore, lineage: LineageCatalog, checkpoint_asset: str) -> list[Section]:
-    """Summary, latest scores, metrics over checkpoints, loss curves, tokens by source, the filter
-    funnel, removals by rule, decontamination and samples."""
+def report_sections(
+    store: ShardStore, lineage: LineageCatalog, checkpoint_asset: str, synthetic_asset: str | None = None
+) -> list[Section]:
+    """Summary, latest scores (beside the reference model's, if one was evaluated), metrics over
+    checkpoints, loss curves, tokens by source, the filter funnel, removals by rule, what synthetic
+    rewriting did (`synthetic_asset`), decontamination and samples."""
     results, samples = read_history(store, RESULTS), read_history(store, SAMPLES)
+    reference = read_reference(store)
     mixture, _ = read_mixture(store)
     funnel = lineage.query(_FUNNEL_SQL, [list(FUNNEL_STAGES)])
     removed = lineage.query(_REMOVED_SQL)
@@ -76,17 +81,12 @@ def report_sections(store: ShardStore, lineage: LineageCatalog, checkpoint_asset
                     else f"Latest checkpoint: {checkpoint['checkpoint']}",
                     "Bits per byte: "
                     + ", ".join(f"{r['eval_set']} {r['bits_per_byte']:.4f}" for r in latest.iter_rows(named=True)),
+                    *([_reference_line(reference)] if reference.height else []),
                 ]
             ),
         ),
-        Section(
-            "Evaluation of the latest checkpoint",
-            columns=["eval set", "documents", "bytes", "loss", "perplexity", "bits/byte", "unigram bits/byte"],
-            rows=latest.select(
-                "eval_set", "documents", "bytes", "loss", "perplexity", "bits_per_byte", "unigram_bits_per_byte"
-            ).rows(),
-        ),
-        Section("Evaluation over checkpoints", plot=metrics_plot(results)),
+        _latest_scores(latest, reference),
+        Section("Evaluation over checkpoints", plot=metrics_plot(results, reference if reference.height else None)),
         Section("Training loss", plot=loss_plot(curves) if curves else None, text="" if curves else "no loss history"),
         Section(
             "Tokens by source",
@@ -101,6 +101,8 @@ def report_sections(store: ShardStore, lineage: LineageCatalog, checkpoint_asset
     ]
     if removed.height:
         sections.append(Section("Removed documents by rule", plot=removed_plot(removed)))
+    if synthetic_asset is not None:
+        sections += rewriting_sections(store, synthetic_asset)
     decontamination = lineage.decontamination()
     sections.append(
         Section(
@@ -124,10 +126,60 @@ def report_sections(store: ShardStore, lineage: LineageCatalog, checkpoint_asset
     return sections
 
 
+def _reference_line(reference: pl.DataFrame) -> str:
+    scores = ", ".join(f"{r['eval_set']} {r['bits_per_byte']:.4f}" for r in reference.iter_rows(named=True))
+    return f"Reference model {reference.get_column('model')[0]}: {scores}"
+
+
+def _latest_scores(latest: pl.DataFrame, reference: pl.DataFrame) -> Section:
+    """The latest checkpoint's scores per eval set; the reference model's beside them."""
+    columns = ["eval_set", "documents", "bytes", "loss", "perplexity", "bits_per_byte", "unigram_bits_per_byte"]
+    names = ["eval set", "documents", "bytes", "loss", "perplexity", "bits/byte", "unigram bits/byte"]
+    table = latest.select(columns)
+    text = ""
+    if reference.height:
+        name = reference.get_column("model")[0]
+        scores = reference.select("eval_set", pl.col("bits_per_byte").alias("reference"))
+        table = table.join(scores, on="eval_set", how="left", maintain_order="left")
+        names.append(f"{name} bits/byte")
+        text = (
+            f"{name} is a reference: a fixed model scored by the same engine on the same text "
+            "(its own tokenizer; bits per byte compare across tokenizers)."
+        )
+    return Section("Evaluation of the latest checkpoint", text, columns=names, rows=table.rows())
+
+
+def rewriting_sections(store: ShardStore, synthetic_asset: str) -> list[Section]:
+    """What rewriting did to the data, summed over every crawl batch: per recipe, the post-filter's
+    pass rate and reasons, quality scores of rewrites against their sources, length ratio and
+    n-gram overlap; then rewrites beside their sources."""
+    manifests = list(store.iter_manifests(synthetic_asset))
+    if not manifests:
+        return []
+    metrics = sum((RewriteMetrics.from_dict(m.stats.get("metrics")) for m in manifests), RewriteMetrics())
+    models = sorted({str(m.stats.get("model")) for m in manifests})
+    explanation = (
+        f"Rewritten by {', '.join(models)} over {len(manifests)} crawl batch(es). Pass rate: share of outputs the "
+        "post-filter kept. Means over kept rewrites: quality (the quality classifier's score) of the rewrites and "
+        f"of their sources; length ratio (rewrite / source characters); {OVERLAP_NGRAM}-gram overlap (share of the "
+        f"rewrite's word {OVERLAP_NGRAM}-grams found in its source: 1.0 is a copy); copies: rewrites with an "
+        f"overlap of {COPY_OVERLAP} or more."
+    )
+    return [
+        Section("Synthetic rewriting", explanation, list(metrics.SUMMARY_COLUMNS), metrics.summary_rows()),
+        Section(
+            "Rewrites beside their sources",
+            "A few kept rewrites per recipe (those of the smallest source doc_id), excerpts.",
+            list(metrics.EXAMPLE_COLUMNS),
+            metrics.example_rows(),
+        ),
+    ]
+
+
 def loss_curves(store: ShardStore, checkpoint_asset: str, checkpoints: list[str]) -> dict[str, list[float]]:
     """Each evaluated checkpoint's loss history, as its manifest records it (older checkpoints
     may not: they are left out)."""
-    from resources.train.checkpoints import MANIFEST_FILE  # a torch module: not for every report importer
+    from resources.train.checkpoints import MANIFEST_FILE  # torch (safetensors): not when definitions load
 
     curves = {}
     for relative in checkpoints:

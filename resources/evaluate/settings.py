@@ -37,6 +37,33 @@ class GenerationSettings(Section):
     vllm: VLLMSettings = Field(default_factory=VLLMSettings)
 
 
+class ReferenceSettings(Section):
+    """A fixed, independently trained model scored like our checkpoints (same bits-per-byte engine,
+    same held-out split and eval sets), drawn beside them: where our checkpoint stands against, say,
+    SmolLM2-135M, trained on trillions of tokens. Scored once per (model, settings, eval-set
+    content) and reused, so it costs nothing on later runs."""
+
+    path: str | None = Field(
+        default=None, description="a Hugging Face model directory; default: the rewriter_model asset's model"
+    )
+    name: str | None = Field(default=None, description="the row's label; default: the model directory's name")
+    document_separator: str | None = Field(
+        default=None,
+        description="the token each document is scored after and ends with (our checkpoints: their EOS); default: "
+        "the tokenizer's eos_token. An instruct model's EOS ends a chat turn: give its pretraining separator "
+        "instead (SmolLM2: <|endoftext|>)",
+    )
+    max_tokens_per_set: int | None = Field(
+        default=None, ge=1, description="default: evaluation.max_tokens_per_set (whole documents, in file order)"
+    )
+    max_batch_tokens: int = Field(
+        default=8192, ge=64, description="tokens per forward pass: bounds the logits' memory (batch x window x vocab)"
+    )
+
+    def output_shaping(self) -> dict[str, object]:
+        return self.model_dump(exclude={"max_batch_tokens"})
+
+
 class EvaluationSettings(Section):
     eval_sets: dict[str, str | EvalSetSpec] = Field(
         default_factory=lambda: {"wikitext2_valid": "data/eval/wikitext2_valid_small.txt"},
@@ -54,6 +81,9 @@ class EvaluationSettings(Section):
     lm_eval: LmEvalSettings | None = Field(
         default=None, description="downstream tasks from local files with lm-evaluation-harness (the `eval` extra)"
     )
+    reference: ReferenceSettings | None = Field(
+        default=None, description="a fixed model scored beside our checkpoints (the reference_evaluation asset)"
+    )
 
     def specs(self) -> dict[str, EvalSetSpec]:
         return {
@@ -62,16 +92,32 @@ class EvaluationSettings(Section):
         }
 
     def output_shaping(self) -> dict[str, object]:
-        """What changes the numbers (not device or batch size). Eval sets by content, not path:
-        editing a set re-evaluates, moving the checkout does not."""
-        shaping = self.model_dump(exclude={"device", "batch_size", "regression_tolerance"})
+        """What changes the checkpoints' numbers (not device or batch size; the reference model's
+        settings are the reference_evaluation asset's)."""
+        shaping = self.model_dump(exclude={"device", "batch_size", "regression_tolerance", "reference"})
         shaping["generation"]["vllm"] = self.generation.vllm.output_shaping()  # its dtype changes the samples
         if self.lm_eval is not None:  # local task files by content too
             for name, task in self.lm_eval.tasks.items():
                 shaping["lm_eval"]["tasks"][name]["path"] = file_digest(task.path) or task.path
-        shaping["eval_sets"] = {
-            # a remote or missing set by its path: a missing set fails clearly when the asset runs
+        shaping["eval_sets"] = self._eval_set_shaping()
+        return shaping
+
+    def reference_shaping(self) -> dict[str, object]:
+        """What changes the reference model's numbers: which text is scored, and how."""
+        if self.reference is None:
+            return {}
+        return {
+            "eval_sets": self._eval_set_shaping(),
+            "held_out": self.held_out,
+            "max_tokens_per_set": self.reference.max_tokens_per_set or self.max_tokens_per_set,
+            "seq_len": self.seq_len,
+            "reference": self.reference.output_shaping(),
+        }
+
+    def _eval_set_shaping(self) -> dict[str, dict[str, str | None]]:
+        """Eval sets by content, not path: editing a set re-evaluates, moving the checkout does not.
+        A remote or missing set by its path: a missing set fails clearly when the asset runs."""
+        return {
             name: {"encoding": spec.encoding, "content": file_digest(spec.path) or spec.path}
             for name, spec in self.specs().items()
         }
-        return shaping

@@ -25,6 +25,13 @@ class Sampling(BaseModel):
     temperature: float = Field(default=0.7, ge=0)
     top_p: float = Field(default=0.95, gt=0, le=1)
     max_tokens: int = Field(default=512, ge=1)
+    frequency_penalty: float = Field(
+        default=0.0,
+        ge=-2,
+        le=2,
+        description="lowers a token's logit by this much per earlier use in the output (not the prompt, so "
+        "copying the source is not penalised): small models' loops break at 0.3-0.6",
+    )
     seed: int = Field(default=0, ge=0)
     stop: tuple[str, ...] = Field(default=(), description="strings that end a generation (not kept)")
 

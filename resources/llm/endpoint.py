@@ -81,6 +81,7 @@ class EndpointBackend:
             "max_tokens": s.max_tokens,
             "temperature": s.temperature,
             "top_p": s.top_p,
+            "frequency_penalty": s.frequency_penalty,
             "seed": request.seed,
         }
         if s.stop:

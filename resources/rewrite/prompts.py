@@ -12,23 +12,54 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+class ChatTemplateMissing(ValueError):
+    """A recipe needs the model's chat template and the model has none."""
+
+
 @dataclass(frozen=True, slots=True)
 class Prompt:
     token_ids: list[int]
     source_tokens_cut: int = 0
+    source: str = ""  # the part of the document the prompt holds (all of it unless cut)
 
 
 class PromptBuilder:
     """Renders recipes and fits them into the context by cutting the source text, by tokens.
 
-    The budget is `max_model_len - max_tokens` (so the answer always fits), lowered further by
-    a recipe's `max_prompt_tokens`. Prompts are tokenized here, once, and handed to the backend as
-    token ids: what was counted is exactly what the model sees.
+    A recipe is chat-formatted with the tokenizer's chat template or sent as a plain prompt (see
+    `Recipe.chat_template`). The budget is `max_model_len - max_tokens` (so the answer always
+    fits), lowered further by a recipe's `max_prompt_tokens`. Prompts are tokenized here, once,
+    and handed to the backend as token ids: what was counted is exactly what the model sees.
     """
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_model_len: int) -> None:
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_model_len: int, model_name: str = "the model") -> None:
         self.tokenizer = tokenizer
         self.max_model_len = max_model_len
+        self.model_name = model_name
+        self.has_chat_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def uses_chat(self, recipe: Recipe) -> bool:
+        if recipe.chat_template == "never":
+            return False
+        if recipe.chat_template == "required" and not self.has_chat_template:
+            raise ChatTemplateMissing(
+                f"recipe {recipe.name!r} needs a chat template and {self.model_name} has none (no chat_template.jinja, "
+                "chat_template.json or `chat_template` in tokenizer_config.json): use an instruct model, or set "
+                f"`chat_template: if_present` (or `never`) on the recipe to send it as a plain prompt"
+            )
+        return self.has_chat_template
+
+    def render(self, recipe: Recipe, text: str) -> str:
+        """The whole prompt as text: the chat with the assistant's turn opened, or the plain
+        instruction and its cue."""
+        if self.uses_chat(recipe):
+            return self.tokenizer.apply_chat_template(recipe.messages(text), tokenize=False, add_generation_prompt=True)
+        return recipe.render(text) + recipe.cue
+
+    def encode(self, recipe: Recipe, texts: Sequence[str]) -> list[list[int]]:
+        """A chat template writes its own special tokens; a plain prompt gets the tokenizer's (BOS)."""
+        rendered = [self.render(recipe, text) for text in texts]
+        return self.tokenizer(rendered, add_special_tokens=not self.uses_chat(recipe))["input_ids"]
 
     def budget(self, recipe: Recipe) -> int:
         budget = self.max_model_len - recipe.sampling.max_tokens
@@ -36,10 +67,11 @@ class PromptBuilder:
 
     def overhead(self, recipe: Recipe) -> int:
         """Tokens the template takes with an empty document."""
-        return len(self.tokenizer(recipe.render(""))["input_ids"])
+        return len(self.encode(recipe, [""])[0])
 
     def check(self, recipe: Recipe, min_source_tokens: int = 16) -> None:
-        """Fail before generating if a recipe leaves (almost) no room for the document."""
+        """Fail before generating if a recipe cannot be rendered for this model, or leaves
+        (almost) no room for the document."""
         room = self.budget(recipe) - self.overhead(recipe)
         if room < min_source_tokens:
             raise ValueError(
@@ -52,9 +84,9 @@ class PromptBuilder:
         if not texts:
             return []
         budget = self.budget(recipe)
-        encoded = self.tokenizer([recipe.render(text) for text in texts])["input_ids"]
+        encoded = self.encode(recipe, texts)
         return [
-            Prompt(ids) if len(ids) <= budget else self._cut(recipe, text, budget)
+            Prompt(ids, 0, text) if len(ids) <= budget else self._cut(recipe, text, budget)
             for text, ids in zip(texts, encoded, strict=True)
         ]
 
@@ -65,7 +97,7 @@ class PromptBuilder:
         keep = budget - self.overhead(recipe)
         while True:
             head = self.tokenizer.decode(source[:keep]).rstrip("\ufffd")  # no half a UTF-8 character
-            ids = self.tokenizer(recipe.render(head))["input_ids"]
+            (ids,) = self.encode(recipe, [head])
             if len(ids) <= budget or keep <= 0:
-                return Prompt(ids, len(source) - keep)
+                return Prompt(ids, len(source) - keep, head)
             keep -= len(ids) - budget

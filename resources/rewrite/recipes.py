@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any, Self
+from typing import Any, Literal, Self
 
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -46,6 +46,12 @@ class Selection(_Model):
     sample_fraction: float = Field(
         default=1.0, gt=0, le=1, description="share of the matching documents, chosen by a hash of doc_id"
     )
+    max_documents: int | None = Field(
+        default=None,
+        ge=1,
+        description="at most this many documents per input shard (those of the smallest sample points): "
+        "a bounded generation cost whatever a crawl batch holds",
+    )
 
     @field_validator("quality_range")
     @classmethod
@@ -69,11 +75,25 @@ class Selection(_Model):
 
 
 class Recipe(_Model):
-    """A prompt template (one `{text}` slot where the source document goes) and its settings."""
+    """A prompt template (one `{text}` slot where the source document goes) and its settings.
+
+    The template is the instruction: with an instruct model it is the user message of a chat,
+    rendered by the model's own chat template (`chat_template: required`, the default, refuses a
+    model without one, so an instruct recipe never silently runs as a bare completion); for a base
+    model, one of our checkpoints say, `if_present` or `never` send it as a plain prompt followed
+    by `cue`, the words the answer starts after.
+    """
 
     name: str = Field(pattern=r"^[a-z0-9_]+$")
     version: str = Field(min_length=1, description="bump when the template or its intent changes")
     template: str
+    cue: str = Field(default="", description="plain prompts only: appended after the template (e.g. 'Answer:\\n')")
+    chat_template: Literal["required", "if_present", "never"] = Field(
+        default="required",
+        description="required: chat-format the prompt, refuse a model without a chat template; if_present: "
+        "chat-format when the model has a template, else a plain prompt; never: always a plain prompt",
+    )
+    system: str | None = Field(default=None, description="chat only: a system message (default: the template's own)")
     sampling: Sampling = Field(default_factory=Sampling)
     max_prompt_tokens: int | None = Field(
         default=None, ge=16, description="cap on the prompt; the model context minus max_tokens caps it too"
@@ -91,9 +111,14 @@ class Recipe(_Model):
         return stable_hash(self.model_dump())[:12]
 
     def render(self, text: str) -> str:
-        """The prompt. A plain replace, not str.format, so braces in templates and documents
-        (code, JSON, LaTeX) need no escaping."""
+        """The instruction with the document in it. A plain replace, not str.format, so braces in
+        templates and documents (code, JSON, LaTeX) need no escaping."""
         return self.template.replace(TEXT_SLOT, text)
+
+    def messages(self, text: str) -> list[dict[str, str]]:
+        """The chat a chat template renders: the optional system message, then the instruction."""
+        system = [{"role": "system", "content": self.system}] if self.system else []
+        return [*system, {"role": "user", "content": self.render(text)}]
 
     def select(self, frame: pl.DataFrame) -> pl.Series:
         """Boolean mask of the rows of `frame` this recipe is applied to."""
@@ -116,9 +141,12 @@ class Recipe(_Model):
             mask &= pl.col("crawl").is_in(s.crawls)
         # with_columns broadcasts a mask of literals only (no filter configured) to every row
         selected = frame.with_columns(mask.fill_null(False).alias("__selected")).get_column("__selected")
-        if s.sample_fraction < 1:
-            sampled = [sample_point(self.name, doc_id) < s.sample_fraction for doc_id in frame["doc_id"]]
-            selected &= pl.Series(sampled, dtype=pl.Boolean)
+        if s.sample_fraction < 1 or s.max_documents is not None:
+            points = [sample_point(self.name, doc_id) for doc_id in frame["doc_id"]]
+            selected &= pl.Series([p < s.sample_fraction for p in points], dtype=pl.Boolean)
+            if s.max_documents is not None and selected.sum() > s.max_documents:
+                cutoff = sorted(p for p, chosen in zip(points, selected, strict=True) if chosen)[s.max_documents - 1]
+                selected &= pl.Series([p <= cutoff for p in points], dtype=pl.Boolean)
         return selected
 
 
@@ -137,46 +165,46 @@ def row_seed(base_seed: int, doc_id: str) -> int:
     return int.from_bytes(digest, "big") & 0x7FFF_FFFF
 
 
-_SOURCE = "\n\nText:\n{text}\n\n"
+_SOURCE = "\n\nText:\n{text}"
 
+# Worded for small instruct models too (checked with SmolLM2-135M-Instruct, see DESIGN.md): short,
+# concrete instructions, the format spelled out, a low temperature for faithfulness and a frequency
+# penalty against the loops such models fall into.
 LIBRARY: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
         Recipe(
             name="encyclopedic",
-            version="1",
-            template="Rewrite the following web text as a clear, factual passage in the style of an encyclopedia "
-            "article. Keep every fact and name; leave out navigation, advertising and boilerplate."
-            + _SOURCE
-            + "Encyclopedia passage:\n",
-            sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=512),
+            version="2",
+            template="Rewrite the following text as a short encyclopedia article. Use a neutral, factual tone and "
+            "keep the names, numbers and facts." + _SOURCE,
+            cue="\n\nEncyclopedia article:\n",
+            sampling=Sampling(temperature=0.3, top_p=0.9, max_tokens=512, frequency_penalty=0.5),
         ),
         Recipe(
             name="qa_pairs",
-            version="1",
-            template="Read the text and write question and answer pairs that can be answered from the text alone. "
-            'Write each pair as "Question: ..." on one line and "Answer: ..." on the next.'
-            + _SOURCE
-            + "Question and answer pairs:\n",
-            sampling=Sampling(temperature=0.7, top_p=0.9, max_tokens=512),
+            version="2",
+            # The instruction after the text: SmolLM2-135M answered the text's questions instead of asking
+            # its own, or asked "what is the answer to the question" in loops, when it came first.
+            template="Text:\n{text}\n\nWrite three questions that this text answers. After each question, write "
+            "its answer from the text. Use the format:\nQuestion: ...\nAnswer: ...",
+            cue="\n\nQuestion:",
+            sampling=Sampling(temperature=0.3, top_p=0.9, max_tokens=512, frequency_penalty=0.5),
         ),
         Recipe(
             name="key_knowledge",
-            version="1",
-            template="Extract the key knowledge from the text: the facts, definitions and relations a student "
-            "should remember, as a concise list of self-contained statements, one per line."
-            + _SOURCE
-            + "Key knowledge:\n",
-            sampling=Sampling(temperature=0.5, top_p=0.9, max_tokens=384),
+            version="2",
+            template="List the key facts of the following text as short bullet points, one fact per line." + _SOURCE,
+            cue="\n\nKey facts:\n",
+            sampling=Sampling(temperature=0.3, top_p=0.9, max_tokens=384, frequency_penalty=0.5),
         ),
         Recipe(
             name="refine",
-            version="1",
-            template="Clean up the following web text: remove navigation, advertising, cookie notices and "
-            "unrelated fragments, fix broken formatting, and keep the remaining wording unchanged."
-            + _SOURCE
-            + "Cleaned text:\n",
-            sampling=Sampling(temperature=0.2, top_p=0.9, max_tokens=768),
+            version="2",
+            template="Rewrite the following web page text as clean, well-formatted prose. Keep its sentences and "
+            "facts, and drop menus, links, advertising and cookie notices." + _SOURCE,
+            cue="\n\nClean text:\n",
+            sampling=Sampling(temperature=0.2, top_p=0.9, max_tokens=768, frequency_penalty=0.5),
         ),
     )
 }

@@ -24,6 +24,7 @@ from resources.common.partition_stage import StageOutput, concat_or_none, upstre
 from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS
 from resources.common.storage import ShardInfo, ShardStore
 from resources.common.versioning import OutputVersion
+from resources.rewrite.metrics import RewriteMetrics
 from resources.rewrite.rewriter import Rewriter, RewriteStats, ShardResult
 
 # What the lineage catalog indexes of each table
@@ -32,17 +33,20 @@ _CATALOG_COLUMNS = {DOCUMENTS: PROVENANCE_COLUMNS, REMOVED: REMOVED_COLUMNS}
 
 @dataclass
 class RewriteOutput(StageOutput):
-    """A `StageOutput` (so the shared stage reporting applies) with the rewriting counts."""
+    """A `StageOutput` (so the shared stage reporting applies) with the rewriting counts and
+    what rewriting did to the data."""
 
     stats: RewriteStats = field(default_factory=RewriteStats)
+    metrics: RewriteMetrics = field(default_factory=RewriteMetrics)
 
 
 @dataclass(frozen=True)
 class _Staged:
-    """A finished shard: its files, stats and catalog rows (`_CATALOG_COLUMNS` per table written)."""
+    """A finished shard: its files, stats, metrics and catalog rows (`_CATALOG_COLUMNS` per table written)."""
 
     files: list[ShardInfo]
     stats: RewriteStats
+    metrics: RewriteMetrics
     rows: dict[str, pl.DataFrame]
 
 
@@ -62,16 +66,17 @@ def _read_note(store: ShardStore, asset: str, partition: str, note: str) -> _Sta
     if not all(store.fs.exists(path) for path in paths.values()):
         return None
     rows = {table: store.read_shard(path, _CATALOG_COLUMNS[table]) for table, path in paths.items()}
-    return _Staged(files, RewriteStats.from_dict(body["stats"]), rows)
+    return _Staged(files, RewriteStats.from_dict(body["stats"]), RewriteMetrics.from_dict(body.get("metrics")), rows)
 
 
 def _stage(store: ShardStore, asset: str, partition: str, index: int, note: str, result: ShardResult) -> _Staged:
     """Write a shard's outputs, then its note: the note is the shard's commit point."""
     tables = {DOCUMENTS: result.kept, **({REMOVED: result.removed} if result.removed.height else {})}
     files = [store.write_parquet_shard(asset, partition, index, frame, table) for table, frame in tables.items()]
-    store.write_json(note, {"files": [asdict(f) for f in files], "stats": result.stats.to_dict()})
+    body = {"files": [asdict(f) for f in files], "stats": result.stats.to_dict(), "metrics": result.metrics.to_dict()}
+    store.write_json(note, body)
     rows = {table: frame.select(_CATALOG_COLUMNS[table]) for table, frame in tables.items()}
-    return _Staged(files, result.stats, rows)
+    return _Staged(files, result.stats, result.metrics, rows)
 
 
 def rewrite_partition(
@@ -88,8 +93,9 @@ def rewrite_partition(
 ) -> RewriteOutput:
     """Rewrite every shard of `upstream[partition]` into `asset[partition]`, one output shard per
     input shard, reusing the shards an interrupted run already finished (see the module doc).
-    `extra_inputs` (the model's data version) join the manifest's inputs; `on_shard(index,
-    shard_count, stats)` is called after each generated shard (progress logs)."""
+    `extra_inputs`: further data versions the output depends on (the model, the quality classifier) join
+    the manifest's inputs; `on_shard(index, shard_count, stats)` is called after each generated shard
+    (progress logs)."""
     started = time.perf_counter()
     source = upstream_manifest(store, upstream, partition)
     paths = store.shard_paths(source)
@@ -105,6 +111,7 @@ def rewrite_partition(
     shards = [staged[i] for i in range(len(paths))]
     stats = sum((shard.stats for shard in shards), RewriteStats())
     stats.shards_reused, stats.shards_generated = reused, len(paths) - reused
+    metrics = sum((shard.metrics for shard in shards), RewriteMetrics())
     manifest = store.commit(
         version.manifest(
             asset,
@@ -112,12 +119,25 @@ def rewrite_partition(
             run_id,
             [f for shard in shards for f in shard.files],
             inputs={f"{upstream}[{partition}]": source.data_version, **(extra_inputs or {})},
-            stats={"rows_in": stats.documents, **stats.to_dict(), "fingerprint": rewriter.fingerprint},
+            stats={
+                "rows_in": stats.documents,
+                **stats.to_dict(),
+                "fingerprint": rewriter.fingerprint,
+                "model": rewriter.model_name,
+                "metrics": metrics.to_dict(),
+            },
         )
     )
     documents, removed = (
         concat_or_none([shard.rows[table] for shard in shards if table in shard.rows]) for table in (DOCUMENTS, REMOVED)
     )
     return RewriteOutput(
-        manifest, stats.documents, stats.removed_by_rule, time.perf_counter() - started, documents, removed, stats
+        manifest,
+        stats.documents,
+        stats.removed_by_rule,
+        time.perf_counter() - started,
+        documents,
+        removed,
+        stats,
+        metrics,
     )

@@ -19,8 +19,9 @@ from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, Protocol, Self
 
+import numpy as np
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -31,12 +32,15 @@ from resources.llm.endpoint import EndpointBackend, EndpointSettings
 from resources.llm.model import inspect_model, load_tokenizer
 from resources.llm.model_source import RewriterModelSettings
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
+from resources.rewrite.metrics import RewriteMetrics, length_ratio, ngram_overlap
 from resources.rewrite.post_filter import DUPLICATE_OUTPUT, PostFilter, PostFilterSettings
 from resources.rewrite.prompts import Prompt, PromptBuilder
 from resources.rewrite.recipes import Recipe, recipe_fingerprint, resolve_recipes, row_seed
 
 STAGE = "rewrite"
-LOGIC_VERSION = "2"  # bump when this package changes what it writes for the same settings (2: rewrite_* keys)
+# bump when this package changes what it writes for the same settings (2: rewrite_* keys; 3: chat templates,
+# per-output measures)
+LOGIC_VERSION = "3"
 
 SOURCE_COLUMNS = ("doc_id", "text", "url", "crawl", "crawl_batch", "warc_path", "warc_record_id", "fetch_time")
 OPTIONAL_SOURCE_COLUMNS = ("domain", "language")  # copied when the source has them, null otherwise
@@ -134,20 +138,38 @@ class ShardResult:
     kept: pl.DataFrame  # SYNTHETIC_SCHEMA
     removed: pl.DataFrame  # SYNTHETIC_REMOVED_SCHEMA
     stats: RewriteStats
+    metrics: RewriteMetrics = field(default_factory=RewriteMetrics)
+
+
+class QualityScorer(Protocol):
+    """The quality classifier, as far as rewriting needs it (see resources.filter.quality_classifier)."""
+
+    model_version: str
+
+    def score(self, texts: list[str]) -> np.ndarray: ...
 
 
 class Rewriter:
     """Selection, prompts, generation, post-filter and output rows for one shard at a time.
 
     Construction validates everything that can be wrong before generation: the model directory
-    and tokenizer, the context length, each recipe's room for the document, and (endpoint
-    backend) that the server answers. A backend passed in is borrowed (e.g. one vLLM engine
-    shared by a test session or a benchmark) and not closed by `close()`; one built from the
-    settings is owned and closed.
+    and tokenizer, the chat template where a recipe needs one, the context length, each recipe's
+    room for the document, and (endpoint backend) that the server answers. With a `quality`
+    scorer, every output and its source get a quality score (see resources.rewrite.metrics).
+
+    A backend passed in is borrowed (e.g. one vLLM engine shared by a test session or a
+    benchmark) and not closed by `close()`; one built from the settings is owned and closed.
     """
 
-    def __init__(self, settings: RewriteSettings, model_dir: str | Path, backend: Backend | None = None) -> None:
+    def __init__(
+        self,
+        settings: RewriteSettings,
+        model_dir: str | Path,
+        backend: Backend | None = None,
+        quality: QualityScorer | None = None,
+    ) -> None:
         self.settings = settings
+        self.quality = quality
         self.recipes = settings.resolved_recipes()
         self.model_info = inspect_model(model_dir)
         self.tokenizer = load_tokenizer(self.model_info)
@@ -155,13 +177,18 @@ class Rewriter:
         self.max_model_len = settings.max_model_len or positions or self.tokenizer.model_max_length
         if positions and self.max_model_len > positions:
             raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's {positions} positions")
-        self.prompts = PromptBuilder(self.tokenizer, self.max_model_len)
+        self.prompts = PromptBuilder(self.tokenizer, self.max_model_len, f"model {self.model_info.path}")
         for recipe in self.recipes:
             self.prompts.check(recipe)
         self.model_name = settings.model_name or f"{settings.model.label}-{self.model_info.fingerprint[:8]}"
         self.post_filter = PostFilter(settings.post_filter)
         self.fingerprint = stable_hash(
-            {"logic": LOGIC_VERSION, "settings": settings.output_shaping(), "model": self.model_info.fingerprint}
+            {
+                "logic": LOGIC_VERSION,
+                "settings": settings.output_shaping(),
+                "model": self.model_info.fingerprint,
+                "quality": quality.model_version if quality else None,
+            }
         )[:16]
         if backend is not None:
             borrowed_path = getattr(backend, "model_path", None)
@@ -243,6 +270,8 @@ class Rewriter:
             else:
                 first_of[doc_ids[i]] = i
         rows = [row for row, _, _ in jobs]
+        shown = [prompt.source for _, _, prompt in jobs]  # the source text each prompt held
+        quality, source_quality = self._quality_scores(texts, [frame["text"][row] for row in rows])
         sources = frame.select(
             *(
                 pl.col(c).alias("source_doc_id" if c == "doc_id" else c)
@@ -263,10 +292,19 @@ class Rewriter:
                 "prompt_tokens": [g.prompt_tokens for g in generations],
                 "output_tokens": [g.output_tokens for g in generations],
                 "source_tokens_cut": [prompt.source_tokens_cut for _, _, prompt in jobs],
+                "length_ratio": [length_ratio(text, source) for text, source in zip(texts, shown, strict=True)],
+                "source_overlap": [ngram_overlap(text, source) for text, source in zip(texts, shown, strict=True)],
+                "quality_score": quality,
+                "source_quality_score": source_quality,
                 "rule": [v[0] if v else None for v in verdicts],
                 "detail": [v[1] if v else None for v in verdicts],
             },
-            schema_overrides={"rule": pl.String(), "detail": pl.String()},  # typed even when all are kept
+            schema_overrides={  # typed even when all are kept, or nothing is scored
+                "rule": pl.String(),
+                "detail": pl.String(),
+                "quality_score": pl.Float32(),
+                "source_quality_score": pl.Float32(),
+            },
         )
         table = pl.concat([generated, sources], how="horizontal").with_columns(
             pl.lit(None, dtype).alias(c)
@@ -297,7 +335,15 @@ class Rewriter:
         stats.finish_reasons = Counter(g.finish_reason for g in generations)
         stats.kept = kept.height
         stats.removed_by_rule = Counter(v[0] for v in verdicts if v)
-        return ShardResult(kept, removed, stats)
+        return ShardResult(kept, removed, stats, RewriteMetrics.of(table, shown))
+
+    def _quality_scores(self, outputs: list[str], sources: list[str]) -> tuple[list[float | None], list[float | None]]:
+        """The classifier's scores of the outputs and of their whole sources (as scored_documents
+        scored them), or nulls without a classifier."""
+        if self.quality is None or not outputs:
+            return [None] * len(outputs), [None] * len(outputs)
+        scores = self.quality.score(outputs + sources).tolist()
+        return scores[: len(outputs)], scores[len(outputs) :]
 
     # -- many shards -----------------------------------------------------------------------
     def generate_shards(

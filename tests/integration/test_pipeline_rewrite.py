@@ -12,6 +12,7 @@ import polars as pl
 import pytest
 
 from assets.dedup import DEDUPED
+from assets.evaluate import MODEL_COMPARISON
 from assets.reports import REPORT
 from assets.rewrite import SYNTHETIC
 from assets.train import CHECKPOINT
@@ -47,6 +48,7 @@ def test_full_graph_from_crawl_to_report(tmp_path: Path, instance: dg.DagsterIns
         evaluation={
             "max_tokens_per_set": 20_000,
             "generation": {"backend": "vllm", "max_tokens": 8, "vllm": {"gpu_memory_utilization": 0.2}},
+            "reference": {"name": "tiny-reference", "max_tokens_per_set": 2_000},  # the rewriter_model asset's model
         },
     )
     defs = build_definitions(settings)
@@ -82,6 +84,18 @@ def test_full_graph_from_crawl_to_report(tmp_path: Path, instance: dg.DagsterIns
     results = read_history(store, RESULTS)
     assert set(results.get_column("eval_set")) >= {"wikitext2_valid"}
     assert results.get_column("checkpoint").unique().to_list() == [checkpoint.stats["checkpoint"]]
+    # The reference model is scored on the same sets and closes the comparison table.
+    comparison = pl.concat(list(store.iter_frames(store.read_manifest(MODEL_COMPARISON, None), table="comparison")))
+    assert comparison.get_column("kind").to_list() == ["checkpoint", "reference"]
+    reference = comparison.row(-1, named=True)
+    assert reference["checkpoint"] == "tiny-reference" and reference["bpb_wikitext2_valid"] > 0
+    assert {c for c in comparison.columns if c.startswith("bpb_")} == {f"bpb_{s}" for s in results["eval_set"]}
     html = Path(store.partition_dir(REPORT, None), "report.html").read_text()
     for heading in ("Filter funnel", "Tokens by source", "Training loss", "Evaluation over checkpoints", "Samples"):
         assert heading in html
+    for heading in ("Synthetic rewriting", "Rewrites beside their sources", "tiny-reference bits/byte"):
+        assert heading in html
+    assert synthetic.get_column("source_overlap").is_between(0, 1).all()
+    assert synthetic.get_column("quality_score").null_count() == 0  # scored by the quality classifier
+    metadata = instance.get_latest_materialization_event(dg.AssetKey(SYNTHETIC)).asset_materialization.metadata
+    assert "encyclopedic" in metadata["rewrite_by_recipe"].value and "side_by_side" in metadata

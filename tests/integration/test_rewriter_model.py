@@ -67,3 +67,14 @@ def test_bad_model_path_fails_its_step_and_touches_nothing(tmp_path: Path, insta
         assert not [e for e in result.all_events if e.is_step_start and e.step_key == SYNTHETIC]  # never started
         assert store.read_manifest(REWRITER_MODEL, None) == published
         assert all(Path(store.partition_dir(REWRITER_MODEL, None), f.path).is_file() for f in published.files)
+
+
+def test_a_file_that_is_not_gguf_fails_the_model_step(tmp_path: Path, instance: dg.DagsterInstance) -> None:
+    foreign = tmp_path / "SmolLM2.gguf"
+    foreign.write_text("<html>404 Not Found</html>")
+    settings = _settings(tmp_path, {"source": "gguf", "path": str(foreign)})
+    result = _materialize(settings, instance, {REWRITER_MODEL})
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.cause.message
+    assert str(foreign) in message and "is not a GGUF file" in message
+    assert ShardStore(settings.storage.root).read_manifest(REWRITER_MODEL, None) is None

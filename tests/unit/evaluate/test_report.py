@@ -6,13 +6,18 @@ from __future__ import annotations
 import base64
 import io
 import re
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from html.parser import HTMLParser
+from pathlib import Path
 
 import polars as pl
 import pytest
 from PIL import Image
 
+from resources.common.storage import ShardStore
+from resources.common.versioning import OutputVersion
 from resources.evaluate.report import (
     Plot,
     Section,
@@ -25,6 +30,8 @@ from resources.evaluate.report import (
     render_markdown,
     tokens_plot,
 )
+from resources.evaluate.report_sections import rewriting_sections
+from resources.rewrite.metrics import RecipeMetrics, RewriteMetrics
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 STAGES = ["raw_documents", "filtered_documents", "deduped_documents"]
@@ -273,6 +280,35 @@ def test_metrics_plot_over_several_evaluations() -> None:
     assert_png(metrics_plot(frame), "eval_over_checkpoints")
     first = frame.filter(pl.col("evaluation_id") == "e1")
     assert_png(metrics_plot(first), "eval_over_checkpoints")
+
+
+def test_metrics_plot_draws_the_reference_model_across() -> None:
+    frame = metrics_frame()
+    eval_set = frame.get_column("eval_set")[0]
+    reference = pl.DataFrame({"eval_set": [eval_set], "bits_per_byte": [0.9], "model": ["SmolLM2-135M-Instruct"]})
+    with_reference = metrics_plot(frame, reference)
+    assert_png(with_reference, "eval_over_checkpoints")
+    assert with_reference.png != metrics_plot(frame).png
+
+
+def test_rewriting_sections_sum_every_crawl_batch(tmp_path: Path) -> None:
+    store = ShardStore(str(tmp_path))
+    batch = RecipeMetrics(generated=4, kept=3, removed=Counter({"rewrite_truncated": 1}), scored=3)
+    batch.quality_sum, batch.source_quality_sum, batch.length_ratio_sum, batch.overlap_sum = 2.4, 1.5, 1.5, 0.9
+    example = {"source_doc_id": "a", "source": "src | text", "rewrite": "new", "source_overlap": 0.3}
+    example |= {"quality_score": 0.8, "source_quality_score": 0.5}
+    for key in ("b1", "b2"):
+        metrics = RewriteMetrics({"encyclopedic": batch}, {"encyclopedic": [{**example, "source_doc_id": key}]})
+        manifest = OutputVersion("1").manifest("synthetic_documents", key, "run", stats={"model": "smol"})
+        store.commit(replace(manifest, stats={"model": "smol", "metrics": metrics.to_dict()}))
+    summary, examples = rewriting_sections(store, "synthetic_documents")
+    assert "Rewritten by smol over 2 crawl batch(es)" in summary.text
+    ((recipe, generated, kept, rate, removed, quality, source, ratio, overlap, copies),) = summary.rows
+    assert (recipe, generated, kept, rate, removed) == ("encyclopedic", 8, 6, "0.75", "rewrite_truncated 2")
+    assert (quality, source, ratio, overlap, copies) == ("0.800", "0.500", "0.50", "0.300", 0)
+    assert [row[1] for row in examples.rows] == ["src | text", "src | text"]
+    assert "src \\| text" in render_markdown("r", [summary, examples], inline_images=False)
+    assert rewriting_sections(store, "nothing_here") == []
 
 
 def test_plots_are_deterministic_and_thread_safe() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import threading
 import time
 import urllib.request
@@ -15,6 +16,7 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 
@@ -33,13 +35,14 @@ from resources.llm.backend import Backend, Generation, GenerationRequest
 from resources.llm.endpoint import EndpointError
 from resources.llm.model import ModelPathError, inspect_model, load_tokenizer
 from resources.llm.tiny_model import build_tiny_model
+from resources.rewrite.metrics import RewriteMetrics, length_ratio, ngram_overlap
 from resources.rewrite.post_filter import PostFilter, PostFilterSettings
-from resources.rewrite.prompts import PromptBuilder
+from resources.rewrite.prompts import ChatTemplateMissing, PromptBuilder
 from resources.rewrite.recipes import LIBRARY, Recipe, recipe_fingerprint, resolve_recipes, sample_point
 from resources.rewrite.resume import RewriteOutput, rewrite_partition
 from resources.rewrite.rewriter import Rewriter, RewriteSettings
 from resources.settings import PROJECT_ROOT
-from tests.vllm_fixtures import TINY_MAX_MODEL_LEN, free_port
+from tests.vllm_fixtures import SMOLLM2_MAX_MODEL_LEN, TINY_MAX_MODEL_LEN, free_port
 
 PARAGRAPHS = [
     line.strip()
@@ -152,7 +155,8 @@ def test_recipes_resolve_overrides_and_fingerprint_every_output_shaping_field() 
     assert qa.template == LIBRARY["qa_pairs"].template and qa.selection.languages == ["en"]
     base = recipe_fingerprint([LIBRARY["qa_pairs"]])
     assert recipe_fingerprint([qa]) != base
-    assert recipe_fingerprint(resolve_recipes({"qa_pairs": {"version": "2"}})) != base
+    for change in ({"version": "next"}, {"cue": "Pairs:"}, {"chat_template": "never"}, {"system": "Be brief."}):
+        assert recipe_fingerprint(resolve_recipes({"qa_pairs": change})) != base, change
     assert recipe_fingerprint(resolve_recipes({"qa_pairs": {}})) == base
     custom = {"mine": {"version": "1", "template": "Summarize {text} in {{braces}}:\n"}}
     assert resolve_recipes(custom)[0].render("X") == "Summarize X in {{braces}}:\n"
@@ -162,7 +166,7 @@ def test_recipes_resolve_overrides_and_fingerprint_every_output_shaping_field() 
         resolve_recipes({"unknown": {}})
 
 
-def test_selection_by_quality_language_domain_crawl_and_sample_fraction() -> None:
+def test_selection_by_quality_language_domain_crawl_sample_fraction_and_cap() -> None:
     frame = source_frame(400)
 
     def select(**selection: object) -> pl.DataFrame:
@@ -181,6 +185,11 @@ def test_selection_by_quality_language_domain_crawl_and_sample_fraction() -> Non
     assert 60 < sampled.height < 140
     assert sampled.equals(select(sample_fraction=0.25))  # deterministic
     assert all(sample_point("r", d) < 0.25 for d in sampled["doc_id"])
+    capped = select(sample_fraction=0.25, languages=["en"], max_documents=5)
+    assert capped.height == 5 and set(capped["doc_id"]) <= set(sampled["doc_id"]) and set(capped["language"]) == {"en"}
+    points = sorted(sample_point("r", d) for d in select(sample_fraction=0.25, languages=["en"])["doc_id"])
+    assert sorted(sample_point("r", d) for d in capped["doc_id"]) == points[:5]  # the smallest sample points
+    assert select(max_documents=1000).height == 400
     with pytest.raises(ValueError, match="quality_score"):
         Recipe(name="r", version="1", template="{text}", selection={"quality_range": (0, 0.5)}).select(
             frame.drop("quality_score")
@@ -188,6 +197,28 @@ def test_selection_by_quality_language_domain_crawl_and_sample_fraction() -> Non
 
 
 # --------------------------------------------------------------------------- prompts and post-filter
+
+
+def test_recipes_use_the_chat_template_or_a_plain_prompt_as_they_say(tiny_model: Path, tmp_path: Path) -> None:
+    """A model without a chat template is refused by a recipe that needs one, naming what is
+    missing; `if_present` falls back to the plain prompt and its cue, `never` always uses it."""
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model, base)
+    (base / "chat_template.jinja").unlink()
+    recipe = LIBRARY["qa_pairs"]
+    chat = PromptBuilder(load_tokenizer(inspect_model(tiny_model)), 1024)
+    plain = PromptBuilder(load_tokenizer(inspect_model(base)), 1024, f"model {base}")
+    assert chat.render(recipe, "X") == f"<|begin|>user\n{recipe.render('X')}<|end|>\n<|begin|>assistant\n"
+    assert chat.render(recipe.model_copy(update={"chat_template": "never"}), "X") == recipe.render("X") + recipe.cue
+    with pytest.raises(ChatTemplateMissing, match=rf"recipe 'qa_pairs' needs a chat template and model {base}"):
+        plain.check(recipe)
+    with pytest.raises(ChatTemplateMissing, match="chat template"):
+        Rewriter(settings_for(), base, backend=Scripted())
+    fallback = recipe.model_copy(update={"chat_template": "if_present"})
+    plain.check(fallback)
+    (prompt,) = plain.build(fallback, ["The lobster is blue."])
+    decoded = plain.tokenizer.decode(prompt.token_ids, skip_special_tokens=True)
+    assert decoded.startswith("Text:\nThe lobster is blue.\n\n") and decoded.endswith("Answer: ...\n\nQuestion:")
 
 
 def test_prompts_longer_than_the_context_are_cut_by_tokens(tiny_model: Path) -> None:
@@ -198,8 +229,9 @@ def test_prompts_longer_than_the_context_are_cut_by_tokens(tiny_model: Path) -> 
     short, long = builder.build(recipe, [PARAGRAPHS[0][:200], " ".join(PARAGRAPHS[:20])])
     assert short.source_tokens_cut == 0 and len(short.token_ids) <= 192
     assert long.source_tokens_cut > 1000 and len(long.token_ids) <= 192
-    prompt = tokenizer.decode(long.token_ids, skip_special_tokens=True)
-    assert prompt.endswith("Encyclopedia passage:\n") and PARAGRAPHS[0][:100] in prompt
+    prompt = tokenizer.decode(long.token_ids)
+    assert prompt.endswith("<|begin|>assistant\n") and PARAGRAPHS[0][:100] in prompt  # the tiny chat template
+    assert long.source in prompt and len(long.source) < len(" ".join(PARAGRAPHS[:20]))
     capped = recipe.model_copy(update={"max_prompt_tokens": 100})
     assert len(builder.build(capped, [" ".join(PARAGRAPHS[:5])])[0].token_ids) <= 100
     with pytest.raises(ValueError, match=r"leaves .* tokens for the document"):
@@ -246,6 +278,79 @@ def test_duplicate_outputs_are_removed_and_catalog_rows_cover_reused_shards(tiny
     # the catalog's rows, reused shard included, are what the committed shards hold
     assert output.documents.equals(pl.concat(store.iter_frames(output.manifest, PROVENANCE_COLUMNS)))
     assert output.removed.equals(pl.concat(store.iter_frames(output.manifest, REMOVED_COLUMNS, REMOVED)))
+
+
+class Echo:
+    """A backend that answers each prompt with the head of its source text (a verbatim copy) or, for
+    qa_pairs, with a question in other words; records nothing else."""
+
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def generate(self, requests: Sequence[GenerationRequest]) -> list[Generation]:
+        out = []
+        for r in requests:
+            prompt = self.tokenizer.decode(r.token_ids, skip_special_tokens=True)
+            source = prompt.split("Text:\n", 1)[1].split("<|end|>")[0]
+            head = source[:200].rsplit(" ", 1)[0]  # whole words
+            text = "Question: which lobster is blue? Answer: that one." if r.sampling.max_tokens == 16 else head
+            out.append(Generation(text, "stop", len(r.token_ids), 8))
+        return out
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class LengthScorer:
+    """A stand-in quality classifier: longer texts score higher (deterministic, in [0, 1])."""
+
+    model_version = "length-1"
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        return np.array([min(len(t) / 1000, 1.0) for t in texts], dtype=np.float32)
+
+
+def test_each_output_is_measured_against_its_source_and_summed_per_recipe(tiny_model: Path, tmp_path: Path) -> None:
+    frame = source_frame(8)
+    tokenizer = load_tokenizer(inspect_model(tiny_model))
+    rewriter = Rewriter(settings_for(), tiny_model, backend=Echo(tokenizer), quality=LengthScorer())
+    result = rewriter.rewrite(frame)
+    kept = result.kept.join(frame.select("doc_id", "text"), left_on="source_doc_id", right_on="doc_id", suffix="_src")
+    copies = kept.filter(pl.col("recipe") == "encyclopedic")
+    assert (copies["source_overlap"] == 1.0).all()  # the head of the source, word for word
+    ratios = [len(out) / len(src) for out, src in zip(copies["text"], copies["text_src"], strict=True)]
+    assert copies["length_ratio"].to_list() == pytest.approx(ratios, rel=1e-6)
+    questions = kept.filter(pl.col("recipe") == "qa_pairs")
+    assert (questions["source_overlap"] == 0.0).all() and questions.height == 1  # the others are duplicates
+    assert kept["quality_score"].to_list() == pytest.approx([len(t) / 1000 for t in kept["text"]])
+    assert kept["source_quality_score"].to_list() == pytest.approx([min(len(t) / 1000, 1) for t in kept["text_src"]])
+    assert rewriter.fingerprint != Rewriter(settings_for(), tiny_model, backend=Echo(tokenizer)).fingerprint
+
+    metrics = result.metrics
+    encyclopedic, qa = metrics.recipes["encyclopedic"], metrics.recipes["qa_pairs"]
+    assert (encyclopedic.generated, encyclopedic.kept, encyclopedic.copies) == (8, 8, 8)
+    english = frame.filter(pl.col("language") == "en").height
+    assert (qa.generated, qa.kept, dict(qa.removed)) == (english, 1, {"rewrite_duplicate_output": english - 1})
+    summary = {row[0]: row for row in metrics.summary_rows()}
+    assert summary["qa_pairs"][3] == f"{1 / english:.2f}" and summary["encyclopedic"][8] == "1.000"
+    assert summary["qa_pairs"][4] == f"rewrite_duplicate_output {english - 1}"
+    examples = metrics.example_rows()
+    assert [row[0] for row in examples] == ["encyclopedic"] * 3 + ["qa_pairs"]
+    assert examples[0][2] in examples[0][1]  # rewrite excerpt is the source's head
+    # Shards add up: counts and sums per recipe, examples still the smallest source ids.
+    twice = metrics + RewriteMetrics.from_dict(metrics.to_dict())
+    assert twice.recipes["encyclopedic"].generated == 16 and len(twice.examples["encyclopedic"]) == 3
+    assert twice.recipes["qa_pairs"].overlap_sum == 0 and twice.recipes["encyclopedic"].overlap_sum == 16
+
+
+def test_ngram_overlap_and_length_ratio() -> None:
+    source = "The European lobster is blue in life and red when cooked, like most lobsters."
+    assert ngram_overlap(source, source) == 1.0
+    assert ngram_overlap("The European lobster is blue in life.", source) == 1.0  # a part, copied
+    assert ngram_overlap("Lobsters of Europe look blue while alive but turn red once cooked.", source) == 0.0
+    assert 0 < ngram_overlap("The European lobster is blue. Cooked, it turns red.", source) < 1
+    assert ngram_overlap("", source) == 0.0 and ngram_overlap("Blue lobster", source) == 0.0
+    assert length_ratio("abc", "abcdef") == 0.5 and length_ratio("abc", "") == 3.0
 
 
 # --------------------------------------------------------------------------- bad inputs before any work
@@ -345,8 +450,18 @@ def test_vllm_rewrites_with_complete_provenance(tiny_model: Path, vllm_backend) 
         assert joined[column].equals(joined[f"{column}_source"]), column
         assert joined[column].null_count() == 0, column
     row = kept.filter(pl.col("recipe") == "qa_pairs").row(0, named=True)
-    assert row["recipe_version"] == "1" and row["model"] == f"tiny-llama-{rewriter.model_info.fingerprint[:8]}"
-    assert json.loads(row["sampling"]) == {"max_tokens": 16, "seed": 0, "stop": [], "temperature": 0.7, "top_p": 0.9}
+    assert row["recipe_version"] == "2" and row["model"] == f"tiny-llama-{rewriter.model_info.fingerprint[:8]}"
+    assert json.loads(row["sampling"]) == {
+        "frequency_penalty": 0.5,
+        "max_tokens": 16,
+        "seed": 0,
+        "stop": [],
+        "temperature": 0.3,
+        "top_p": 0.9,
+    }
+    assert kept["quality_score"].null_count() == kept.height  # no classifier given
+    assert (kept["length_ratio"] > 0).all() and kept["source_overlap"].is_between(0, 1).all()
+    assert result.metrics.recipes["encyclopedic"].generated == 12
     # seeded per row: the same shard gives the same text
     assert Rewriter(settings_for(), tiny_model, backend=vllm_backend).rewrite(frame).kept.equals(kept)
 
@@ -475,3 +590,25 @@ def test_endpoint_failing_mid_partition_keeps_finished_shards(
     assert set(kept["source_doc_id"]) <= set(pl.concat(frames)["doc_id"])
     assert kept.height + output.manifest.rows_of(REMOVED) == output.stats.prompts
     assert output.manifest.rows_of(DOCUMENTS) == kept.height
+
+
+@pytest.mark.vllm
+def test_smollm2_rewrite_keeps_the_key_facts_of_a_known_paragraph(smollm2_model: Path, smollm2_backend) -> None:
+    """A real instruct model, greedy: the encyclopedic rewrite names the tower, its place, engineer
+    and year, in words of its own (not a copy), and passes the post-filter."""
+    paragraph = (
+        "The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named after "
+        "the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889 as the "
+        "centrepiece of the 1889 World's Fair. Although initially criticised by some of France's leading artists "
+        "and intellectuals for its design, it has since become a global cultural icon of France."
+    )
+    frame = source_frame(1).with_columns(pl.lit(paragraph).alias("text"), pl.lit("en").alias("language"))
+    greedy = {"temperature": 0.0, "max_tokens": 160}
+    settings = settings_for(max_model_len=SMOLLM2_MAX_MODEL_LEN, recipes={"encyclopedic": {"sampling": greedy}})
+    result = Rewriter(settings, smollm2_model, backend=smollm2_backend).rewrite(frame)
+    assert result.removed.height == 0, result.removed.to_dicts()
+    (row,) = result.kept.to_dicts()
+    text = row["text"]
+    for fact in ("Eiffel", "Paris", "1889"):
+        assert fact in text, text
+    assert row["finish_reason"] == "stop" and row["source_overlap"] < 0.9 and row["length_ratio"] > 0.3, text
