@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from resources.common.catalog import CatalogSettings
+from resources.common.paths import PROJECT_ROOT, read_config
+from resources.common.paths import absolute as _absolute
 from resources.common.storage import StorageSettings
 from resources.dedup.settings import DedupStageSettings
 from resources.evaluate.settings import EvaluationSettings
@@ -21,14 +22,12 @@ from resources.filter.decontamination import DecontaminationSettings
 from resources.filter.engine import FilterSettings, QualityStageSettings
 from resources.ingest.engine import IngestSettings
 from resources.ingest.sources import SourceSettings
+from resources.lineage.settings import TakedownSettings
 from resources.rewrite.rewriter import RewriteSettings
 from resources.tokenize.shards import TokenShardSettings
 from resources.tokenize.tokenizer import TokenizerSettings
 from resources.train.config import TrainConfig
 from resources.train.mixture import MixtureSettings
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
 class _Section(BaseModel):
@@ -57,6 +56,7 @@ class Settings(_Section):
     mixture: MixtureSettings = Field(default_factory=MixtureSettings)
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    takedown: TakedownSettings = Field(default_factory=TakedownSettings)
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""
@@ -115,16 +115,6 @@ class Settings(_Section):
         )
 
 
-def _absolute(path: str, base: Path) -> str:
-    if "://" in path or Path(path).is_absolute():
-        return path
-    return str((base / path).resolve())
-
-
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read the YAML named by the argument, else `$CRAWL2CKPT_CONFIG`, else configs/demo.yaml."""
-    config_path = Path(path or os.environ.get("CRAWL2CKPT_CONFIG") or DEFAULT_CONFIG)
-    if not config_path.is_file():
-        raise FileNotFoundError(f"crawl2ckpt config not found: {config_path}")
-    raw = yaml.safe_load(config_path.read_text()) or {}
-    return Settings.model_validate(raw).resolved()
+    return Settings.model_validate(read_config(path)).resolved()
