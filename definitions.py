@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import dagster as dg
 
-from assets.dedup import build_deduplicated_documents
+from assets.dedup import DEDUPED, build_deduplicated_documents
 from assets.evaluate import build_evaluation, model_comparison
-from assets.filter import build_filtered_documents, build_quality_classifier, build_scored_documents
+from assets.filter import FILTERED, SCORED, build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
-from assets.reports import crawl_summary, decontamination_report, report
+from assets.reports import build_takedown_report, crawl_summary, decontamination_report, report
 from assets.rewrite import SYNTHETIC, build_synthetic_documents
+from assets.takedown import takedown_requests
 from assets.tokenize import TOKEN_SHARDS, build_token_shards, build_tokenizer
 from assets.train import build_checkpoint, build_training_mixture
 from jobs.ingest import ingest_job
-from jobs.sensors import build_crawl_sensor
+from jobs.sensors import build_crawl_sensor, build_takedown_sensor
 from resources.resources import CatalogResource, StorageResource
 from resources.settings import Settings, load_settings
 
@@ -23,8 +24,10 @@ SYNTHETIC_TOKEN_SHARDS = "synthetic_token_shards"
 def build_definitions(settings: Settings) -> dg.Definitions:
     token_assets = {"crawl": TOKEN_SHARDS}
     rewriting: list[dg.AssetsDefinition] = []
+    outputs = [FILTERED, SCORED, DEDUPED, TOKEN_SHARDS]  # what a takedown must empty
     if settings.rewrite is not None:  # synthetic rewriting needs a model: off until one is configured
         token_assets["synthetic"] = SYNTHETIC_TOKEN_SHARDS
+        outputs += [SYNTHETIC, SYNTHETIC_TOKEN_SHARDS]
         rewriting = [
             build_synthetic_documents(settings.rewrite),
             build_token_shards(settings.token_shards, SYNTHETIC_TOKEN_SHARDS, SYNTHETIC),
@@ -40,15 +43,20 @@ def build_definitions(settings: Settings) -> dg.Definitions:
             build_tokenizer(settings.tokenizer, settings.retrain_tokenizer_on_new_data),
             build_token_shards(settings.token_shards),
             build_training_mixture(settings.mixture, token_assets),
-            build_checkpoint(settings.training),
+            build_checkpoint(settings.training, settings.takedown),
             build_evaluation(settings.evaluation, settings.token_shards.validation_fraction),
             model_comparison,
             crawl_summary,
             decontamination_report,
             report,
+            takedown_requests,
+            build_takedown_report(outputs),
         ],
         jobs=[ingest_job],
-        sensors=[build_crawl_sensor(settings.source, ingest_job)],
+        sensors=[
+            build_crawl_sensor(settings.source, ingest_job),
+            build_takedown_sensor(settings.takedown, settings.dedup.near),
+        ],
         resources={
             "storage": StorageResource(root=settings.storage.root, storage_options=settings.storage.storage_options),
             "catalog": CatalogResource(path=settings.catalog.path),

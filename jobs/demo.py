@@ -23,10 +23,12 @@ from resources.llm.tiny_model import build_tiny_model
 from resources.settings import Settings, load_settings
 
 
-def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
-    """Evaluate the crawl sensor as the daemon would and apply its partition requests."""
+def tick_sensor(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None, name: str = "crawl_sensor"
+) -> dg.SensorResult:
+    """Evaluate a sensor as the daemon would and apply its partition requests and asset events."""
     repository = defs.get_repository_def()
-    sensor = repository.get_sensor_def("crawl_sensor")
+    sensor = repository.get_sensor_def(name)
     with dg.build_sensor_context(
         instance=instance, cursor=cursor, repository_def=repository, resources=defs.resources
     ) as context:
@@ -35,6 +37,8 @@ def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str 
         return dg.SensorResult(skip_reason=result)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for event in result.asset_events or []:
+        instance.report_runless_asset_event(event)
     return result
 
 
@@ -43,7 +47,11 @@ def materialize(
 ) -> dg.ExecuteInProcessResult:
     """Materialize the named assets of `defs` in-process, recorded in `instance`."""
     wanted = set(names)
-    assets = [a for a in defs.assets or [] if {k.to_user_string() for k in a.keys} & wanted]
+    assets = [
+        a
+        for a in defs.assets or []
+        if isinstance(a, dg.AssetsDefinition) and {k.to_user_string() for k in a.keys} & wanted
+    ]
     return dg.materialize(
         assets,
         instance=instance,
@@ -72,6 +80,7 @@ STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
     ("crawl_summary", False),
     ("decontamination_report", False),
     ("report", False),
+    ("takedown_report", False),
 ]
 
 
@@ -100,6 +109,8 @@ def run(settings: Settings, instance: dg.DagsterInstance) -> None:
     started = time.perf_counter()
     tick = tick_sensor(defs, instance)
     print(f"crawl sensor: {len(tick.run_requests or [])} new crawl batches from {settings.source.url}")
+    takedowns = tick_sensor(defs, instance, name="takedown_sensor")
+    print(f"takedown sensor: {len(takedowns.asset_events or [])} crawl batch takedown versions observed")
     done = materialize_stale(defs, instance)
     print(f"materialized {len(done)} stale or missing asset partitions in {time.perf_counter() - started:.1f} s")
     catalog = LineageCatalog(settings.catalog.path)

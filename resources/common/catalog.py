@@ -39,6 +39,7 @@ from resources.common.schemas import (
     PROVENANCE_COLUMNS,
     REMOVED,
     REMOVED_COLUMNS,
+    SYNTHETIC_LINEAGE_COLUMNS,
     TOKEN_INDEX,
     TOKENS,
     TRAIN,
@@ -109,7 +110,7 @@ KEYS: list[tuple[str, str, str]] = [
 ]
 PER_BATCH = ("documents", "removed", "synthetic", "token_index")
 # What a synthetic document adds to its provenance in the catalog (the `synthetic` table).
-SYNTHETIC_COLUMNS: list[str] = ["doc_id", "source_doc_id", "recipe", "model"]
+SYNTHETIC_COLUMNS: list[str] = ["doc_id", *SYNTHETIC_LINEAGE_COLUMNS]
 # `lookup` is sorted again when its unsorted tail is this long and a quarter of the sorted part:
 # a lookup scans the tail whole (about 10 ms per million rows).
 COMPACT_MIN_TAIL = 1_000_000

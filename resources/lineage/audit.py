@@ -459,3 +459,25 @@ def _document_changes(con: duckdb.DuckDBPyConnection, partition: tuple[str, str]
         [asset, batch, sorted(old), asset, batch, sorted(new)],
     )
     return found[0]
+
+
+def checkpoint_summary(answer: Row) -> list[Row]:
+    """One row per source of a `checkpoint_lineage` answer: crawl batches, token files, train
+    documents and tokens, and how many data and code versions its partitions have (the checkpoint
+    asset's lineage table in the UI)."""
+    summary = []
+    for source in answer["sources"]:
+        partitions = [p for p in answer["partitions"] if p["asset"] == source["asset"]]
+        code_versions = sorted({p["chain"][0]["code_version"] for p in partitions if p["chain"]})
+        summary.append(
+            {
+                "source": source["source"],
+                "crawl_batches": source["crawl_batches"],
+                "token_files": source["files"],
+                "documents": source["documents"],
+                "tokens": source["tokens"],
+                "data_versions": len({p["data_version"] for p in partitions}),
+                "code_versions": ", ".join(code_versions),
+            }
+        )
+    return summary

@@ -74,8 +74,9 @@ def checkpoint_record(name: str, manifest: dict[str, Any]) -> CheckpointRecord:
     return CheckpointRecord(row, inputs)
 
 
-def step_manifests(store: ShardStore, asset: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Every checkpoint the store holds, as (name, step manifest), oldest run directory first."""
-    pattern = store.path(asset, UNPARTITIONED, "run-*", "step-*", STEP_MANIFEST)
+def step_manifests(store: ShardStore, asset: str, run: str = "run-*") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every checkpoint the store holds (of one run, when named), as (name, step manifest), by name:
+    a run's steps in order."""
+    pattern = store.path(asset, UNPARTITIONED, run, "step-*", STEP_MANIFEST)
     for path in sorted(store.fs.glob(pattern)):
         yield checkpoint_id(posixpath.dirname(path)), json.loads(store.read_bytes(path))

@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import hashlib
 import io
+import posixpath
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import duckdb
+import fsspec
 import numpy as np
 import polars as pl
 
@@ -535,3 +537,70 @@ def occurrences(catalog: LineageCatalog, assets: Assets = Assets()) -> list[dict
 def left_over(entry: dict[str, Any]) -> int:
     """Occurrences of a request's documents still in outputs (0 once the takedown is done)."""
     return sum(entry["stages"].values()) + sum(entry["token_shards"].values()) + entry["latest_checkpoint_documents"]
+
+
+# -- the inbox -----------------------------------------------------------------------------
+HEADER_FIELDS = ("reason", "match", "requested_by")
+
+
+def header(data: bytes) -> dict[str, str]:
+    """`# reason: ...`, `# match: url|content`, `# requested_by: ...` lines at the top of a request
+    file (the first 20 lines); other lines are left to the parser."""
+    found = {}
+    for line in data[:65536].decode("utf-8", errors="replace").splitlines()[:20]:
+        name, _, value = line.lstrip("# ").partition(":")
+        if line.startswith("#") and name.strip().lower() in HEADER_FIELDS and value.strip():
+            found.setdefault(name.strip().lower(), value.strip()[:1000])
+    return found
+
+
+def inbox_files(inbox: str, storage_options: dict[str, object] | None = None) -> list[tuple[str, str, int]]:
+    """(path, name, size) of the files directly in the inbox, by name."""
+    fs, root = fsspec.core.url_to_fs(inbox, **(storage_options or {}))
+    if not fs.exists(root):
+        return []
+    entries = fs.ls(root, detail=True)
+    files = [(e["name"], posixpath.basename(e["name"].rstrip("/")), int(e.get("size") or 0)) for e in entries]
+    return sorted((f for f, e in zip(files, entries, strict=True) if e["type"] == "file"), key=lambda f: f[1])
+
+
+def record_inbox(
+    store: ShardStore,
+    catalog: LineageCatalog,
+    inbox: str,
+    *,
+    storage_options: dict[str, object] | None = None,
+    spec: SketchSpec,
+    threshold: float,
+    assets: Assets = Assets(),
+) -> list[tuple[str, Submitted]]:
+    """Submit every inbox file not recorded before (by content: a file copied under another name is
+    the same request), with the match mode, reason and requester its header names; returns (file
+    name, what happened) for each file read. A file whose patterns were all requested before is
+    read again on later ticks but never recorded."""
+    fs, _ = fsspec.core.url_to_fs(inbox, **(storage_options or {}))
+    recorded = {request.source_sha256 for request, _ in read_requests(store)}
+    done = []
+    for path, name, _ in inbox_files(inbox, storage_options):
+        data = fs.cat_file(path)
+        if sha256_bytes(data) in recorded:
+            continue
+        fields = header(data)
+        match = fields.get("match", "url").lower()
+        if match not in ("url", "content"):
+            done.append((name, Submitted(None, {"unknown_match_header": 1})))
+            continue
+        submitted = submit(
+            store,
+            catalog,
+            data,
+            reason=fields.get("reason", ""),
+            match=match,
+            requested_by=fields.get("requested_by", "inbox"),
+            source=f"inbox:{name}",
+            spec=spec,
+            threshold=threshold,
+            assets=assets,
+        )
+        done.append((name, submitted))
+    return done

@@ -6,11 +6,13 @@ published to the store beside the earlier generations."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from resources.common.model_store import MODEL
-from resources.common.storage import ShardInfo, ShardStore, stable_hash
+from resources.common.storage import UNPARTITIONED, Manifest, ShardInfo, ShardStore, sha256_bytes, stable_hash
+from resources.lineage.checkpoints import STEP_MANIFEST, step_manifests
 from resources.tokenize.tokenizer import load_tokenizer
 from resources.train.config import RunSpec, TrainConfig
 from resources.train.data import TokenSource, with_replay
@@ -28,6 +30,7 @@ class Generation:
     stats: dict[str, object]  # the final step directory (relative to the asset's) and its step
     continued_from: str | None
     token_shards: int
+    passed_over: list[str] = field(default_factory=list)  # later generations not continued: they saw withdrawn data
 
     def summary(self) -> dict[str, object]:
         result = self.result
@@ -41,6 +44,7 @@ class Generation:
             "resumed_from": str(result.resumed_from or ""),
             "continued_from": self.continued_from or "",
             "token_shards": self.token_shards,
+            "passed_over": ", ".join(self.passed_over),
         }
 
 
@@ -72,26 +76,77 @@ def run_name(shaping: dict[str, object], inputs: dict[str, str], continue_from: 
     return f"run-{stable_hash([shaping, inputs, continue_from])[:12]}"
 
 
+def generations(store: ShardStore) -> list[tuple[str, dict]]:
+    """Every finished generation in the store, oldest first: (name, step manifest) of each run's
+    final step. A run killed before its last step (it will resume) is not a generation yet."""
+    finished = [
+        (name, manifest)
+        for name, manifest in step_manifests(store, CHECKPOINT)
+        if manifest.get("step") == manifest.get("config", {}).get("max_steps")
+    ]
+    return sorted(finished, key=lambda found: (found[1].get("created_at", ""), found[0]))
+
+
+def trained_versions(step_manifest: dict) -> set[str]:
+    """The data versions of every token shard a checkpoint's weights saw, its parents' included."""
+    return {entry["data_version"] for entry in step_manifest.get("trained_on", [])}
+
+
+def local_step(store: ShardStore, name: str, step_manifest: dict) -> Path:
+    """A stored checkpoint's step directory on local disk (downloaded once when the store is remote)."""
+    directory = store.partition_dir(CHECKPOINT, None)
+    body = store.read_bytes(f"{directory}/{name}/{STEP_MANIFEST}")
+    files = [ShardInfo(f"{name}/{n}", 0, f["bytes"], f["sha256"], MODEL) for n, f in step_manifest["files"].items()]
+    files.append(ShardInfo(f"{name}/{STEP_MANIFEST}", 0, len(body), sha256_bytes(body), MODEL))
+    return store.local_partition(Manifest(CHECKPOINT, UNPARTITIONED, files)) / name
+
+
+@dataclass(frozen=True)
+class Parent:
+    path: Path
+    seen: set[str]  # data versions it trained on: the next generation replays them instead of learning them anew
+
+
+def parent_generation(
+    store: ShardStore, withdrawn: set[str], restart: Literal["last_clean", "scratch"]
+) -> tuple[Parent | None, list[str]]:
+    """The generation the next one continues (None: none yet, or start from scratch), and the later
+    ones passed over. The latest, unless it trained on a token shard version that held taken-down
+    documents (`withdrawn`): then the last one that did not (`last_clean`), or none (`scratch`)."""
+    passed_over = []
+    for name, manifest in reversed(generations(store)):
+        if not trained_versions(manifest) & withdrawn:
+            return Parent(local_step(store, name, manifest), trained_versions(manifest)), passed_over
+        passed_over.append(name)
+        if restart == "scratch":
+            break
+    return None, passed_over
+
+
 def train_generation(
     store: ShardStore,
     config: TrainConfig,
     tokenizer_dir: Path,
     tokenizer_inputs: dict[str, str],
     progress: Callable[[dict[str, float]], None] | None = None,
+    withdrawn: set[str] | frozenset[str] = frozenset(),
+    restart: Literal["last_clean", "scratch"] = "last_clean",
 ) -> Generation:
     """Train the next generation on the materialized mixture (resuming its run if one was killed)
-    and publish its final step; `tokenizer_inputs` names the tokenizer's data version."""
+    and publish its final step; `tokenizer_inputs` names the tokenizer's data version. A continued
+    generation never starts from weights that saw `withdrawn` token shard versions (see
+    `parent_generation`)."""
     tokenizer = load_tokenizer(tokenizer_dir)
     mixture, mixture_version = read_mixture(store)
     sources = mixture_token_sources(store, mixture)
     files = [f for source in sources for f in source.files]
-    previous = store.read_manifest(CHECKPOINT, None)
     continue_from = None
-    if config.continue_training and previous is not None:
-        continued = with_seen_replay(sources, set(previous.inputs.values()), config.replay_fraction)
+    parent, passed_over = parent_generation(store, set(withdrawn), restart) if config.continue_training else (None, [])
+    if parent is not None:
+        continued = with_seen_replay(sources, parent.seen, config.replay_fraction)
         if continued is not None:
             sources = continued
-            continue_from = str(store.local_partition(previous) / previous.stats["checkpoint"])
+            continue_from = str(parent.path)
     inputs = {f"{Path(f.path).parent.parent.name}/{Path(f.path).name}": f.data_version for f in files}
     inputs.update(tokenizer_inputs)
     inputs[TRAINING_MIXTURE] = mixture_version
@@ -107,4 +162,4 @@ def train_generation(
     final = result.checkpoint
     published = store.publish_files(CHECKPOINT, None, root, sorted(p for p in final.iterdir() if p.is_file()), MODEL)
     stats = {"checkpoint": str(final.relative_to(root)), "step": result.step}
-    return Generation(result, published, inputs, stats, continue_from, len(files))
+    return Generation(result, published, inputs, stats, continue_from, len(files), passed_over)
