@@ -121,14 +121,35 @@ def _key_columns(table: str) -> str:
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
-    """Create what is missing. A catalog from before the lookup columns is refused with the fix."""
+    """Create what is missing; a catalog from before the lookup columns gets them in place."""
     con.execute(SCHEMA)
     existing = set(con.execute("SELECT table_name, column_name FROM duckdb_columns()").fetchall())
-    missing = sorted({table for table, key, _ in KEYS if (table, key) not in existing})
-    if missing:
-        raise RuntimeError(
-            f"the lineage catalog predates lookup keys ({', '.join(missing)}): run `crawl2ckpt rebuild-catalog`"
+    if all((table, key) in existing for table, key, _ in KEYS):
+        return
+    con.execute("BEGIN")
+    for table in PER_BATCH:
+        if (table, "batch_no") not in existing:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN batch_no INTEGER")
+    for table, key, source in KEYS:
+        if (table, key) not in existing:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {key} UBIGINT")
+            con.execute(f"UPDATE {table} SET {key} = {KEY_SQL.format(source)}")
+    seen = " UNION ".join(f"SELECT crawl_batch FROM {table}" for table in PER_BATCH)
+    con.execute(
+        "INSERT INTO partition_numbers SELECT crawl_batch, (SELECT coalesce(max(batch_no), 0) FROM partition_numbers)"
+        f" + row_number() OVER (ORDER BY registered_at NULLS LAST, crawl_batch) FROM ({seen}) LEFT JOIN crawl_batches"
+        " USING (crawl_batch) WHERE crawl_batch NOT IN (SELECT crawl_batch FROM partition_numbers)"
+    )
+    for table in PER_BATCH:
+        con.execute(
+            f"UPDATE {table} SET batch_no = p.batch_no FROM partition_numbers p"
+            f" WHERE {table}.crawl_batch = p.crawl_batch AND {table}.batch_no IS NULL"
         )
+        for t, key, _ in KEYS:
+            if t == table:
+                con.execute(f"INSERT INTO lookup SELECT DISTINCT {key}, batch_no FROM {table} WHERE {key} IS NOT NULL")
+    con.execute("COMMIT")
+    _compact_lookup(con, force=True)
 
 
 class CatalogSettings(BaseModel):
