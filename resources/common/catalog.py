@@ -227,7 +227,11 @@ class LineageCatalog:
                 ("synthetic", synthetic, SYNTHETIC_COLUMNS),
             ):
                 if frame is not None:
-                    con.execute(f"DELETE FROM {table} WHERE asset = ? AND crawl_batch = ?", key)
+                    # batch_no first: only the batch's row groups are read
+                    con.execute(
+                        f"DELETE FROM {table} WHERE batch_no = ? AND asset = ? AND crawl_batch = ?",
+                        [_batch_no(con, manifest.partition), *key],
+                    )
                     _insert_frame(con, table, frame.select(columns), manifest)
             if token_index is not None:
                 _replace_token_index(con, manifest, token_index)
@@ -393,18 +397,18 @@ def _replace_token_index(con: duckdb.DuckDBPyConnection, manifest: Manifest, ind
     a checkpoint names them; a synthetic document's row carries its source document, from the
     `synthetic` rows of the partition this one was tokenized from."""
     key = [manifest.asset, manifest.partition]
-    for table in ("token_index", "token_files"):
+    batch_no = _batch_no(con, manifest.partition)
+    for table, batch in (("token_index", "batch_no = ? AND "), ("token_files", "")):
         con.execute(
-            f"DELETE FROM {table} WHERE asset = ? AND crawl_batch = ? AND (data_version = ? OR data_version NOT IN"
-            " (SELECT data_version FROM checkpoint_inputs WHERE asset = ? AND crawl_batch = ?))",
-            [*key, manifest.data_version, *key],
+            f"DELETE FROM {table} WHERE {batch}asset = ? AND crawl_batch = ? AND (data_version = ? OR data_version"
+            " NOT IN (SELECT data_version FROM checkpoint_inputs WHERE asset = ? AND crawl_batch = ?))",
+            [*([batch_no] if batch else []), *key, manifest.data_version, *key],
         )
     upstream = [name.split("[", 1)[0] for name in manifest.inputs if name.endswith(f"[{manifest.partition}]")]
     incoming = index.select("doc_id", "file", "offset", "length", "split").with_columns(
         asset=pl.lit(manifest.asset), crawl_batch=pl.lit(manifest.partition), data_version=pl.lit(manifest.data_version)
     )
     con.register("incoming_index", incoming.to_arrow())
-    batch_no = _batch_no(con, manifest.partition)
     _insert(
         con,
         "token_index",

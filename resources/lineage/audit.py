@@ -211,30 +211,39 @@ def checkpoint_lineage(con: duckdb.DuckDBPyConnection, ref: str | None = None) -
 
 
 def _takedowns_hitting_checkpoint(con: duckdb.DuckDBPyConnection, checkpoint: str) -> list[Row]:
-    """Takedown requests that removed documents (or their sources) this checkpoint trained on."""
-    removed = rows(
+    """Takedown requests that removed documents (or the sources of rewrites) this checkpoint trained
+    on. Only the token index row groups of the crawl batches holding such documents are read."""
+    taken = rows(
         con,
-        "SELECT DISTINCT doc_id, split_part(detail, ' ', 1) AS request_id FROM removed WHERE starts_with(rule, ?)",
+        "SELECT DISTINCT doc_id, batch_no, split_part(detail, ' ', 1) AS request_id FROM removed"
+        " WHERE starts_with(rule, ?)",
         [TAKEDOWN_RULE_PREFIX],
     )
-    hits: dict[str, int] = defaultdict(int)
-    for r in removed:
-        doc_id = r["doc_id"]
-        found = rows(
-            con,
-            "SELECT count(*) AS n FROM (SELECT asset, crawl_batch, file, data_version FROM token_index"
-            f" WHERE (({keyed(con, 'doc_key', doc_id)} AND doc_id = ?)"
-            f" OR ({keyed(con, 'source_key', doc_id)} AND source_doc_id = ?)) AND split = 'train'"
-            ") t JOIN checkpoint_inputs i USING (asset, crawl_batch, file, data_version) WHERE i.checkpoint = ?",
-            [doc_id, doc_id, checkpoint],
-        )
-        if found[0]["n"]:
-            hits[r["request_id"]] += 1
+    if not taken:
+        return []
+    con.execute("CREATE OR REPLACE TEMP TABLE taken_docs (doc_id VARCHAR, request_id VARCHAR)")
+    con.executemany("INSERT INTO taken_docs VALUES (?, ?)", [[r["doc_id"], r["request_id"]] for r in taken])
+    batches = ", ".join(str(int(b)) for b in sorted({r["batch_no"] for r in taken}))
+    trained = (
+        "SELECT doc_id, source_doc_id, asset, crawl_batch, file, data_version FROM token_index"
+        f" WHERE batch_no IN ({batches}) AND split = 'train'"
+    )
+    found = rows(
+        con,
+        f"WITH t AS ({trained}), hits AS (SELECT k.request_id, k.doc_id, t.* EXCLUDE (doc_id) FROM t JOIN taken_docs k"
+        " USING (doc_id) UNION ALL SELECT k.request_id, k.doc_id, t.* EXCLUDE (doc_id) FROM t JOIN taken_docs k"
+        " ON k.doc_id = t.source_doc_id)"
+        " SELECT h.request_id, count(DISTINCT h.doc_id) AS documents FROM hits h JOIN checkpoint_inputs i"
+        " USING (asset, crawl_batch, file, data_version) WHERE i.checkpoint = ? GROUP BY ALL",
+        [checkpoint],
+    )
+    hits = {r["request_id"]: r["documents"] for r in found}
     if not hits:
         return []
     requests = rows(
         con,
-        "SELECT request_id, created_at, reason, match FROM takedowns WHERE list_contains(?, request_id)",
+        "SELECT request_id, created_at, reason, match FROM takedowns WHERE list_contains(?, request_id)"
+        " ORDER BY created_at",
         [sorted(hits)],
     )
     return [{**r, "documents": hits[r["request_id"]]} for r in requests]
@@ -445,9 +454,10 @@ def _document_changes(con: duckdb.DuckDBPyConnection, partition: tuple[str, str]
     )[0]["n"]
     if both < len(old | new):  # an earlier version's index is no longer in the catalog
         return {"documents_added": None, "documents_removed": None, "tokens_added": None, "tokens_removed": None}
+    (batch_no,) = con.execute("SELECT batch_no FROM partition_numbers WHERE crawl_batch = ?", [batch]).fetchone()
     side = (
-        "SELECT doc_id, length + 1 AS tokens FROM token_index WHERE asset = ? AND crawl_batch = ?"
-        " AND split = 'train' AND list_contains(?, data_version)"
+        f"SELECT doc_id, length + 1 AS tokens FROM token_index WHERE batch_no = {int(batch_no)} AND asset = ?"
+        " AND crawl_batch = ? AND split = 'train' AND list_contains(?, data_version)"
     )
     found = rows(
         con,
