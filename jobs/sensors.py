@@ -12,7 +12,7 @@ from resources.common.storage import stable_hash
 from resources.dedup.settings import DedupSettings
 from resources.ingest.sources import list_crawl_files
 from resources.lineage.settings import TakedownSettings
-from resources.lineage.takedown import NO_TAKEDOWN, batch_versions, inbox_files, record_inbox
+from resources.lineage.takedown import NO_TAKEDOWN, batch_versions, catalog_state, inbox_files, record_inbox
 from resources.resources import CatalogResource, StorageResource
 from resources.settings import SourceSettings
 
@@ -90,13 +90,16 @@ def build_takedown_sensor(takedown: TakedownSettings, near: DedupSettings) -> dg
                     context.log.info(f"takedown file {name}: {done.to_dict()}")
                 cursor["inbox"] = listing
         # Only batches some request hits are remembered: the rest are at NO_TAKEDOWN. Batches the sensor has
-        # not seen yet (registered before it existed) are observed once at their current version.
+        # not seen yet (registered before it existed) are observed once at their current version. The
+        # matching runs again only when requests or raw partitions changed.
         batches = context.instance.get_dynamic_partitions(crawl_batches.name)
-        hit = {b: v for b, v in batch_versions(lineage, batches).items() if v != NO_TAKEDOWN}
+        state = catalog_state(lineage)
         seen = cursor["hit"]
+        hit = seen if state == cursor.get("state") else batch_versions(lineage, batches)
+        hit = {b: v for b, v in hit.items() if v != NO_TAKEDOWN}
         moved = {b: hit.get(b, NO_TAKEDOWN) for b in set(hit) | set(seen) if hit.get(b) != seen.get(b)}
         moved.update({b: hit.get(b, NO_TAKEDOWN) for b in batches[cursor.get("batches", 0) :]})
-        cursor["hit"], cursor["batches"] = hit, len(batches)
+        cursor.update(hit=hit, batches=len(batches), state=state)
         events = [
             dg.AssetObservation(asset_key=TAKEDOWN_REQUESTS, partition=batch, tags={DATA_VERSION_TAG: version})
             for batch, version in sorted(moved.items())

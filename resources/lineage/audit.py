@@ -359,10 +359,12 @@ def url_lineage(con: duckdb.DuckDBPyConnection, url: str) -> Row:
     takedowns = _takedowns_of_url(con, url, next((r["domain"] for r in seen if r.get("domain")), None))
     if not doc_ids:
         raise NotFound(f"{url}: in no crawl batch the catalog knows" + (" (taken down before)" if takedowns else ""))
-    documents = [document_lineage(con, d) for d in doc_ids[:MAX_DOCUMENTS]]
+    found = [d for d in (document_lineage(con, d) for d in doc_ids[:MAX_DOCUMENTS]) if d is not None]
+    # A rewrite carries its source's URL: it is listed under its source, not beside it.
+    documents = [d for d in found if not {s["source_doc_id"] for s in d["derived_from"]} & set(doc_ids)]
     return {
         "url": url,
-        "documents": [d for d in documents if d is not None],
+        "documents": documents,
         "documents_not_shown": max(0, len(doc_ids) - MAX_DOCUMENTS),
         "takedowns": takedowns,
     }

@@ -118,13 +118,29 @@ def batch_versions(catalog: LineageCatalog, batches: Sequence[str], assets: Asse
     """Each crawl batch's takedown data version: the hash of the requests that hit it, or
     NO_TAKEDOWN. A request that hits nothing new changes no version."""
     with catalog.connect(read_only=True) as con:
-        hits = batch_hits(con, assets)
+        none = not rows(con, "SELECT count(*) AS n FROM takedowns")[0]["n"]
+        hits = {} if none else batch_hits(con, assets)
     return {
         batch: "takedowns-" + hashlib.sha256(" ".join(sorted(hits[batch])).encode()).hexdigest()[:16]
         if batch in hits
         else NO_TAKEDOWN
         for batch in batches
     }
+
+
+def catalog_state(catalog: LineageCatalog, assets: Assets = Assets()) -> str:
+    """What batch versions depend on, cheaply: the requests recorded and the raw partitions
+    materialized. While it stays the same, the versions do too (the sensor skips the matching)."""
+    with catalog.connect(read_only=True) as con:
+        found = rows(
+            con,
+            "SELECT (SELECT list(request_id ORDER BY request_id) FROM takedowns) AS requests,"
+            " (SELECT list(crawl_batch || '@' || data_version ORDER BY crawl_batch, data_version)"
+            " FROM materializations WHERE asset = ?)"
+            " AS raw",
+            [assets.raw],
+        )
+    return hashlib.sha256(repr(found).encode()).hexdigest()[:16]
 
 
 # -- content resolution --------------------------------------------------------------------
