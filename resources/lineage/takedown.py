@@ -257,7 +257,8 @@ def resolve_content(
                     "similarity",
                 )
             )
-    matches = pl.concat([f.cast(MATCH_SCHEMA) for f in frames], how="diagonal_relaxed").select(list(MATCH_SCHEMA))
+    typed = [f.cast({c: t for c, t in MATCH_SCHEMA.items() if c in f.columns}) for f in frames]
+    matches = pl.concat(typed, how="diagonal_relaxed").select(list(MATCH_SCHEMA))
     # One row per document: a requested URL's own document first, then the closest match.
     order = pl.col("kind").replace_strict({"source": 0, "duplicate": 1, "near": 2}, return_dtype=pl.Int8)
     return matches.sort(order, -pl.col("similarity")).unique("doc_id", keep="first", maintain_order=True)
