@@ -48,10 +48,11 @@ def record(
     manifest: Manifest,
     documents: pl.DataFrame | None = None,
     removed: pl.DataFrame | None = None,
+    token_index: pl.DataFrame | None = None,
 ) -> None:
     """Lineage for a committed manifest. The data is already published, so a catalog held by
     another process too long does not fail the step: the record is queued and applied later."""
-    if not catalog.record_materialization(manifest, documents, removed):
+    if not catalog.record_materialization(manifest, documents, removed, token_index):
         context.log.warning(
             f"lineage catalog {catalog.path} stayed locked by another process for {catalog.lock_timeout_s:g} s: "
             f"this record is queued in {catalog.pending_dir} and applied by the next catalog write "

@@ -7,10 +7,12 @@ import dagster as dg
 from assets.commit import corpus_model, run_stage, stage_check_specs
 from assets.ingest import RAW_DOCUMENTS
 from assets.partitions import crawl_batches
+from assets.takedown import TAKEDOWN_REQUESTS
 from resources.common.model_store import fetch_model, publish_model
 from resources.common.versioning import OutputVersion
 from resources.filter.decontamination import DecontaminationSettings
 from resources.filter.engine import DocumentFilter, FilterSettings, QualityFilter, QualityStageSettings, quality_model
+from resources.lineage.takedown import TakedownFilter
 from resources.resources import CatalogResource, StorageResource
 
 FILTERED = "filtered_documents"
@@ -27,26 +29,28 @@ def build_filtered_documents(settings: FilterSettings, decontamination: Decontam
     @dg.asset(
         name=FILTERED,
         partitions_def=crawl_batches,
-        deps=[RAW_DOCUMENTS],
+        deps=[RAW_DOCUMENTS, TAKEDOWN_REQUESTS],
         code_version=version.code_version,
         group_name="filter",
         kinds={"parquet"},
         check_specs=stage_check_specs(FILTERED),
-        description="Documents in the target languages that pass the Gopher, C4 and FineWeb rules "
-        "and share no n-gram with a registered evaluation set; the rest, with reasons, in `removed`.",
+        description="Documents not taken down, in the target languages, that pass the Gopher, C4 and FineWeb "
+        "rules and share no n-gram with a registered evaluation set; the rest, with reasons, in `removed`.",
     )
     def filtered_documents(
         context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
     ) -> dg.MaterializeResult:
         engine = DocumentFilter.build(settings, decontamination)
+        takedowns = TakedownFilter.load(storage.store())
         return run_stage(
             context,
             storage,
             catalog,
             version,
             upstream=RAW_DOCUMENTS,
-            process=engine.process,
+            process=takedowns.then(engine.process),
             keep_rate_bounds=settings.keep_rate_bounds,
+            extra_inputs={TAKEDOWN_REQUESTS: takedowns.version},
         )
 
     return filtered_documents

@@ -8,11 +8,13 @@ from assets.commit import commit, writing
 from assets.evaluate import MODEL_COMPARISON
 from assets.ingest import RAW_DOCUMENTS
 from assets.rewrite import SYNTHETIC
+from assets.takedown import TAKEDOWN_REQUESTS
 from assets.train import CHECKPOINT
 from resources.common.storage import UNPARTITIONED, ShardInfo, sha256_bytes, stable_hash
 from resources.common.versioning import OutputVersion
 from resources.evaluate.report import markdown_table, render_html, render_markdown
 from resources.evaluate.report_sections import crawl_summary_tables, decontamination_examples, report_sections
+from resources.lineage.takedown import left_over, occurrences
 from resources.resources import CatalogResource, StorageResource
 from resources.train.mixture import TRAINING_MIXTURE
 
@@ -94,3 +96,59 @@ def report(
             "report": dg.MetadataValue.md(render_markdown(title, sections, inline_images=True)),
         },
     )
+
+
+TAKEDOWN_REPORT = "takedown_report"
+
+
+def build_takedown_report(outputs: list[str]) -> dg.AssetsDefinition:
+    """`outputs`: the per-batch assets whose documents and token shards a takedown must empty."""
+
+    @dg.asset(
+        name=TAKEDOWN_REPORT,
+        deps=[TAKEDOWN_REQUESTS, CHECKPOINT, *outputs],
+        group_name="takedown",
+        code_version="1",
+        kinds={"duckdb"},
+        check_specs=[dg.AssetCheckSpec("nothing_left", asset=TAKEDOWN_REPORT)],
+        description="Per takedown request: its documents, what of them (and of their rewrites) each current "
+        "output still holds (0 once carried out), the checkpoints that trained on them and those trained since "
+        "without them. Raw documents are the crawl as fetched and are counted apart.",
+    )
+    def takedown_report(catalog: CatalogResource) -> dg.MaterializeResult:
+        entries = occurrences(catalog.catalog())
+        columns = ["request", "created", "reason", "match", "documents", "raw records", "left in outputs"]
+        columns += ["left per output", "trained on by", "retrained without"]
+        rows = [
+            [
+                e["request_id"],
+                e["created_at"],
+                e["reason"],
+                e["match"],
+                e["documents"],
+                e["raw_records"],
+                left_over(e),
+                ", ".join(f"{k} {v}" for k, v in {**e["stages"], **e["token_shards"]}.items()) or "-",
+                ", ".join(e["trained_on_by"]) or "-",
+                ", ".join(e["retrained_without"]) or "-",
+            ]
+            for e in entries
+        ]
+        left = {e["request_id"]: left_over(e) for e in entries}
+        return dg.MaterializeResult(
+            data_version=dg.DataVersion(stable_hash(entries)[:32]),
+            metadata={
+                "requests": len(entries),
+                "left_in_outputs": sum(left.values()),
+                "requests_table": dg.MetadataValue.md(markdown_table(rows, columns) if rows else "no requests"),
+            },
+            check_results=[
+                dg.AssetCheckResult(
+                    check_name="nothing_left",
+                    passed=not any(left.values()),
+                    metadata={"left_per_request": dg.MetadataValue.json(left)},
+                )
+            ],
+        )
+
+    return takedown_report

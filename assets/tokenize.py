@@ -7,6 +7,7 @@ import dagster as dg
 from assets.commit import commit, corpus_model, materialized, record, target, writing
 from assets.dedup import DEDUPED
 from assets.partitions import crawl_batches
+from resources.common.catalog import token_index_frame
 from resources.common.model_store import fetch_model, publish_directory
 from resources.common.partition_stage import upstream_manifest
 from resources.common.storage import ShardStore
@@ -78,7 +79,7 @@ def build_token_shards(
             result = tokenize_partition(store, name, crawl_batch, frames, tokenizer, settings)
             inputs = {f"{upstream}[{crawl_batch}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version}
             manifest = commit(context, store, version, result.files, inputs=inputs, stats=result.stats)
-            record(context, catalog.catalog(), manifest)
+            record(context, catalog.catalog(), manifest, token_index=token_index_frame(store, manifest))
         return materialized(store, manifest, {**result.stats, "tokens_per_second": round(result.tokens_per_second)})
 
     return token_shards

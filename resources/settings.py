@@ -19,6 +19,8 @@ from pydantic import Field, ValidationError
 from resources.common.automation import AutomationSettings
 from resources.common.catalog import CatalogSettings
 from resources.common.config import Section
+from resources.common.paths import PROJECT_ROOT, config_file
+from resources.common.paths import absolute as _absolute
 from resources.common.storage import StorageSettings
 from resources.dedup.settings import DedupStageSettings
 from resources.evaluate.settings import EvaluationSettings
@@ -26,14 +28,12 @@ from resources.filter.decontamination import DecontaminationSettings
 from resources.filter.engine import FilterSettings, QualityStageSettings
 from resources.ingest.engine import IngestSettings
 from resources.ingest.sources import SourceSettings
+from resources.lineage.settings import TakedownSettings
 from resources.rewrite.rewriter import RewriteSettings
 from resources.tokenize.shards import TokenShardSettings
 from resources.tokenize.tokenizer import TokenizerSettings
 from resources.train.config import TrainConfig
 from resources.train.mixture import MixtureSettings
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "demo.yaml"
 
 
 def _default_decontamination() -> DecontaminationSettings:
@@ -64,6 +64,7 @@ class Settings(Section):
         description="how a run executes its steps: one after another in the run's process (the code is loaded "
         "once per run), or a process per step (isolates GPU memory between steps; loads the code per step)",
     )
+    takedown: TakedownSettings = Field(default_factory=TakedownSettings)
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""
@@ -126,12 +127,6 @@ class Settings(Section):
         )
 
 
-def _absolute(path: str, base: Path) -> str:
-    if "://" in path or Path(path).is_absolute():
-        return path
-    return str((base / path).resolve())
-
-
 class SettingsError(ValueError):
     """A settings file that does not parse or validate: every problem, each naming its key."""
 
@@ -182,7 +177,5 @@ def _problem(error: dict) -> str:
 
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     """Read the YAML named by the argument, else `$CRAWL2CKPT_CONFIG`, else configs/demo.yaml."""
-    config_path = Path(path or os.environ.get("CRAWL2CKPT_CONFIG") or DEFAULT_CONFIG)
-    if not config_path.is_file():
-        raise FileNotFoundError(f"crawl2ckpt config not found: {config_path}")
+    config_path = config_file(path)
     return parse_settings(config_path.read_text(), str(config_path)).resolved()

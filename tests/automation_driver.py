@@ -19,17 +19,22 @@ from assets.partitions import crawl_batches
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}  # the instance keeps every event
 
 
-def tick_sensor(defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None) -> dg.SensorResult:
-    """Evaluate the crawl sensor once, as the daemon would, and register the crawl batches it asks for."""
+def tick_sensor(
+    defs: dg.Definitions, instance: dg.DagsterInstance, cursor: str | None = None, name: str = "crawl_sensor"
+) -> dg.SensorResult:
+    """Evaluate a sensor as the daemon would and apply its partition requests and asset events."""
     repository = defs.get_repository_def()
+    sensor = repository.get_sensor_def(name)
     with dg.build_sensor_context(
         instance=instance, cursor=cursor, repository_def=repository, resources=defs.resources
     ) as context:
-        result = repository.get_sensor_def("crawl_sensor")(context)
+        result = sensor(context)
     if isinstance(result, dg.SkipReason):
         return dg.SensorResult(skip_reason=result)
     for request in result.dynamic_partitions_requests or []:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    for event in result.asset_events or []:
+        instance.report_runless_asset_event(event)
     return result
 
 

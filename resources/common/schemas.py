@@ -82,6 +82,9 @@ SYNTHETIC_REMOVED_SCHEMA: dict[str, pl.DataType] = {
     "recipe": pl.String(),
 }
 
+# What the catalog indexes of a synthetic document besides its provenance ("which rewrites of it exist?").
+SYNTHETIC_LINEAGE_COLUMNS: list[str] = ["source_doc_id", "recipe", "model"]
+
 # The removed columns the catalog indexes ("why is this document gone?").
 REMOVED_COLUMNS: list[str] = ["doc_id", "url", "stage", "rule", "detail", "duplicate_of"]
 

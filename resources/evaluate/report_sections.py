@@ -12,6 +12,7 @@ from resources.common.catalog import LineageCatalog
 from resources.common.storage import ShardStore
 from resources.evaluate.history import RESULTS, SAMPLES, read_history, read_reference
 from resources.evaluate.report import Section, funnel_plot, loss_plot, metrics_plot, removed_plot, tokens_plot
+from resources.lineage.audit import NotFound, checkpoint_lineage, checkpoint_summary
 from resources.rewrite.metrics import COPY_OVERLAP, OVERLAP_NGRAM, RewriteMetrics
 from resources.train.mixture import read_mixture
 
@@ -114,6 +115,7 @@ def report_sections(
             rows=decontamination.rows(),
         )
     )
+    sections.append(lineage_section(lineage))
     latest_samples = samples.filter(pl.col("evaluation_id") == checkpoint["evaluation_id"]) if samples.height else None
     if latest_samples is not None and latest_samples.height:
         sections.append(
@@ -174,6 +176,31 @@ def rewriting_sections(store: ShardStore, synthetic_asset: str) -> list[Section]
             metrics.example_rows(),
         ),
     ]
+
+
+def lineage_section(lineage: LineageCatalog) -> Section:
+    """What the latest checkpoint was trained on, per source (as `crawl2ckpt lineage checkpoint`
+    shows it), and the takedown requests recorded so far."""
+    with lineage.connect(read_only=True) as con:
+        try:
+            answer = checkpoint_lineage(con)
+        except NotFound as missing:
+            return Section("Lineage", str(missing))
+        takedowns = con.execute("SELECT count(*) FROM takedowns").fetchone()[0]
+    summary = checkpoint_summary(answer)
+    crawls = ", ".join(
+        f"{c['crawl']} ({c['crawl_batches']} crawl batches, {c['warc_files']} WARC files)" for c in answer["crawls"]
+    )
+    parent = f"continued from {answer['continued_from']}" if answer["continued_from"] else "trained from scratch"
+    withdrawn = ", ".join(f"{w['request_id']} ({w['documents']} documents)" for w in answer["withdrawn_by"])
+    text = (
+        f"Latest checkpoint {answer['checkpoint']} (generation {answer['generation']}), {parent}. Crawls: {crawls}. "
+        f"Takedown requests recorded: {takedowns}"
+        + (f"; this checkpoint trained on documents taken down since: {withdrawn}." if withdrawn else ".")
+        + " Ask `crawl2ckpt lineage checkpoint|url|doc|diff` for the rest."
+    )
+    columns = list(summary[0]) if summary else []
+    return Section("Lineage", text, columns=columns, rows=[list(r.values()) for r in summary])
 
 
 def loss_curves(store: ShardStore, checkpoint_asset: str, checkpoints: list[str]) -> dict[str, list[float]]:

@@ -21,14 +21,14 @@ from functools import partial
 import polars as pl
 
 from resources.common.partition_stage import StageOutput, concat_or_none, upstream_manifest
-from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS
+from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS, SYNTHETIC_LINEAGE_COLUMNS
 from resources.common.storage import ShardInfo, ShardStore
 from resources.common.versioning import OutputVersion
 from resources.rewrite.metrics import RewriteMetrics
 from resources.rewrite.rewriter import Rewriter, RewriteStats, ShardResult
 
-# What the lineage catalog indexes of each table
-_CATALOG_COLUMNS = {DOCUMENTS: PROVENANCE_COLUMNS, REMOVED: REMOVED_COLUMNS}
+# What the lineage catalog indexes of each table (a rewrite's source, recipe and model too)
+_CATALOG_COLUMNS = {DOCUMENTS: PROVENANCE_COLUMNS + SYNTHETIC_LINEAGE_COLUMNS, REMOVED: REMOVED_COLUMNS}
 
 
 @dataclass

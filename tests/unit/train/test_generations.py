@@ -1,13 +1,16 @@
 """The pipeline's choices around a training run, without Dagster: what YAML sets, what shapes the
-checkpoint, and what a continued generation trains on."""
+checkpoint, what a continued generation trains on and which generation it continues."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from resources.common.storage import ShardStore
 from resources.settings import Settings
 from resources.train.data import TokenFile, TokenSource
-from resources.train.generations import with_seen_replay
+from resources.train.generations import CHECKPOINT, generations, parent_generation, with_seen_replay
 
 
 def test_yaml_sets_every_training_setting_and_speed_knobs_do_not_shape_the_checkpoint() -> None:
@@ -34,3 +37,32 @@ def test_a_continued_generation_trains_on_new_shards_plus_replay_of_the_seen_one
     assert with_seen_replay([crawl, synthetic], {"a", "b", "s"}, 0.2) is None  # nothing new: retrain from scratch
     fresh = with_seen_replay([crawl], set(), 0.2)  # nothing seen: no replay source
     assert [(s.name, s.weight) for s in fresh] == [("crawl", 1.0)]
+
+
+def test_after_a_takedown_training_continues_from_the_last_generation_that_did_not_see_it(tmp_path: Path) -> None:
+    store = ShardStore(str(tmp_path / "store"))
+
+    def generation(run: str, step: int, day: int, versions: list[str], max_steps: int = 4) -> None:
+        manifest = {
+            "step": step,
+            "created_at": f"2024-06-0{day}T00:00:00+00:00",
+            "config": {"max_steps": max_steps},
+            "trained_on": [{"path": f"/s/token_shards/b/{v}.bin", "data_version": v} for v in versions],
+            "files": {},
+        }
+        store.write_json(store.path(CHECKPOINT, "__all__", run, f"step-{step:06d}", "manifest.json"), manifest)
+
+    generation("run-a", 4, 1, ["v1"])
+    generation("run-b", 4, 2, ["v1", "v2"])
+    generation("run-c", 4, 3, ["v1", "v2", "v3"])
+    generation("run-d", 2, 4, ["v4"])  # killed half-way: not a generation yet
+    assert [name for name, _ in generations(store)] == ["run-a/step-000004", "run-b/step-000004", "run-c/step-000004"]
+
+    parent, passed_over = parent_generation(store, set(), "last_clean")
+    assert parent is not None and parent.path.name == "step-000004" and parent.path.parent.name == "run-c"
+    assert passed_over == [] and parent.seen == {"v1", "v2", "v3"}
+    parent, passed_over = parent_generation(store, {"v2"}, "last_clean")  # a takedown hit the shard version v2
+    assert parent is not None and parent.path.parent.name == "run-a" and parent.seen == {"v1"}
+    assert passed_over == ["run-c/step-000004", "run-b/step-000004"]
+    assert parent_generation(store, {"v2"}, "scratch") == (None, ["run-c/step-000004"])
+    assert parent_generation(store, {"v1"}, "last_clean")[0] is None
