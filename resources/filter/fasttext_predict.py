@@ -43,10 +43,12 @@ class _Model(NamedTuple):
     word_rows: np.ndarray  # int32
     prune_mode: int  # _NOT_PRUNED, _NOTHING_KEPT or _PRUNED
     bucket_rows: np.ndarray  # int32 (bucket,) when pruned: the row of a bucket id, -1 when dropped
+    bucket_kept: np.ndarray  # uint8 bitmap of bucket_rows >= 0: 1/32 of its size, so it stays in cache
     nwords: int
     eos_entry: int  # "</s>"'s entry index, -1 when not in the vocabulary
     eos_hash: int
     bucket: int
+    bucket_inverse: float  # 1 / bucket
     minn: int
     maxn: int
     word_ngrams: int
@@ -83,12 +85,24 @@ def _lookup(model: _Model, data: np.ndarray, start: int, end: int, h: int) -> in
     return -1
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
+def _mod(h: int, bucket: int, inverse: float) -> int:
+    """h % bucket for a 32-bit hash, by a multiplication: an integer division costs as much as the
+    rest of an n-gram's work. The float quotient is off by at most one; the remainder is fixed up."""
+    r = h - np.int64(h * inverse) * bucket
+    if r < 0:
+        return r + bucket
+    return r - bucket if r >= bucket else r
+
+
+@njit(cache=True, inline="always")  # called per n-gram: a call would copy the whole model tuple
 def _bucket_row(model: _Model, bucket_id: int) -> int:
     """fastText's pushHash: the row of a bucket id (after the words), or -1 when pruned away."""
     if model.prune_mode == _NOT_PRUNED:
         return model.nwords + bucket_id
     if model.prune_mode == _NOTHING_KEPT:
+        return -1
+    if not (model.bucket_kept[bucket_id >> 3] >> (bucket_id & 7)) & 1:
         return -1
     row = model.bucket_rows[bucket_id]
     return -1 if row < 0 else model.nwords + row
@@ -112,7 +126,7 @@ def _subword_rows(model: _Model, word: np.ndarray, length: int, out: np.ndarray,
                 h = _fnv_step(h, word[j])
                 j += 1
             if chars >= model.minn and not (chars == 1 and (i == 0 or j == length)):
-                row = _bucket_row(model, h % model.bucket)
+                row = _bucket_row(model, _mod(h, model.bucket, model.bucket_inverse))
                 if row >= 0:
                     out[n] = row
                     n += 1
@@ -370,10 +384,12 @@ def _arrays_to_model(arrays: FastTextArrays) -> _Model:
         word_rows=np.zeros(0, dtype=np.int32),
         prune_mode=prune_mode,
         bucket_rows=bucket_rows,
+        bucket_kept=np.packbits(bucket_rows >= 0, bitorder="little"),
         nwords=arrays.nwords,
         eos_entry=arrays.entries.index(b"</s>") if b"</s>" in arrays.entries else -1,
         eos_hash=_fnv(_EOS, 0, _EOS.size),
         bucket=arrays.bucket,
+        bucket_inverse=1.0 / arrays.bucket if arrays.bucket else 0.0,
         minn=arrays.minn,
         maxn=arrays.maxn,
         word_ngrams=arrays.word_ngrams,
