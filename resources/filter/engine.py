@@ -18,6 +18,8 @@ import polars as pl
 from pydantic import Field
 
 from resources.common.config import Section
+from resources.common.model_store import fetch_model
+from resources.common.partition_stage import Process
 from resources.common.schemas import removed_rows
 from resources.common.storage import ShardStore
 from resources.common.versioning import file_digest
@@ -126,6 +128,19 @@ class DocumentFilter:
         kept = judged.filter(pl.col("_rule").is_null()).drop("_rule", "_detail")
         dropped = judged.filter(pl.col("_rule").is_not_null())
         return kept, removed_rows(dropped, STAGE, pl.col("_rule"), pl.col("_detail"))
+
+
+def document_filter(settings: FilterSettings, decontamination: DecontaminationSettings) -> Process:
+    """The filter stage's shard function; `functools.partial(document_filter, ...)` is its
+    picklable recipe (a Ray worker builds it once)."""
+    return DocumentFilter.build(settings, decontamination).process
+
+
+def quality_filter(store: ShardStore, classifier_asset: str, settings: QualitySettings) -> Process:
+    """The scoring stage's shard function, with the classifier fetched from the store (so a
+    Ray worker on another machine finds it)."""
+    path, _ = fetch_model(store, classifier_asset)
+    return QualityFilter.load(path, settings).process
 
 
 def crawl_sample(store: ShardStore, asset: str, per_partition: int) -> tuple[list[str], dict[str, str]]:
