@@ -9,7 +9,7 @@ from assets.evaluate import build_evaluation, model_comparison
 from assets.filter import build_filtered_documents, build_quality_classifier, build_scored_documents
 from assets.ingest import build_raw_documents
 from assets.reports import crawl_summary, decontamination_report, report
-from assets.rewrite import SYNTHETIC, build_synthetic_documents
+from assets.rewrite import SYNTHETIC, build_rewriter_model, build_synthetic_documents
 from assets.tokenize import TOKEN_SHARDS, build_token_shards, build_tokenizer
 from assets.train import build_checkpoint, build_training_mixture
 from jobs.ingest import ingest_job
@@ -23,9 +23,10 @@ SYNTHETIC_TOKEN_SHARDS = "synthetic_token_shards"
 def build_definitions(settings: Settings) -> dg.Definitions:
     token_assets = {"crawl": TOKEN_SHARDS}
     rewriting: list[dg.AssetsDefinition] = []
-    if settings.rewrite is not None:  # synthetic rewriting needs a model: off until one is configured
+    if settings.rewrite is not None:  # synthetic rewriting: off until the settings have a `rewrite` section
         token_assets["synthetic"] = SYNTHETIC_TOKEN_SHARDS
         rewriting = [
+            build_rewriter_model(settings.rewrite.model),
             build_synthetic_documents(settings.rewrite),
             build_token_shards(settings.token_shards, SYNTHETIC_TOKEN_SHARDS, SYNTHETIC),
         ]

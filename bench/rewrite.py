@@ -101,7 +101,6 @@ def main() -> None:
     sampling = {"max_tokens": args.max_tokens}
     settings = RewriteSettings.model_validate(
         {
-            "model_path": str(model),
             "max_model_len": args.max_model_len,
             "recipes": {"encyclopedic": {"sampling": sampling}, "qa_pairs": {"sampling": sampling}},
             "post_filter": {"drop_truncated": False},
@@ -113,7 +112,7 @@ def main() -> None:
     backend = VLLMBackend.start(inspect_model(model), settings.vllm, args.max_model_len)
     print(f"engine started in {time.perf_counter() - started:.1f} s (not timed below)", flush=True)
     try:
-        rewriter = Rewriter(settings, backend=backend)
+        rewriter = Rewriter(settings, model, backend=backend)
         prompts, params = bare_inputs(rewriter, frame)
         backend.llm.generate(prompts[:32], params[:32], use_tqdm=False)  # warm-up
         best: dict[str, tuple[float, float, int]] = {}  # (wall s, main-process CPU s, output tokens)

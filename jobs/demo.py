@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import dagster as dg
 import polars as pl
@@ -19,7 +18,6 @@ from dagster._core.loader import LoadingContextForTest
 from assets.partitions import crawl_batches
 from definitions import build_definitions
 from resources.common.catalog import LineageCatalog
-from resources.llm.tiny_model import build_tiny_model
 from resources.settings import Settings, load_settings
 
 
@@ -61,6 +59,7 @@ STAGES: list[tuple[str, bool]] = [  # (asset, partitioned)
     ("quality_classifier", False),
     ("scored_documents", True),
     ("deduplicated_documents", True),
+    ("rewriter_model", False),
     ("synthetic_documents", True),
     ("tokenizer", False),
     ("token_shards", True),
@@ -94,8 +93,6 @@ def materialize_stale(defs: dg.Definitions, instance: dg.DagsterInstance) -> lis
 
 
 def run(settings: Settings, instance: dg.DagsterInstance) -> None:
-    if settings.rewrite is not None and not Path(settings.rewrite.model_path).exists():
-        build_tiny_model(settings.rewrite.model_path)  # the demo's stand-in for a real rewriting model
     defs = build_definitions(settings)
     started = time.perf_counter()
     tick = tick_sensor(defs, instance)
@@ -129,7 +126,8 @@ def summary(defs: dg.Definitions, instance: dg.DagsterInstance, settings: Settin
     lines = []
     mixture = latest("training_mixture")
     if mixture:
-        tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in mixture.items())
+        sources = {name: spec for name, spec in mixture.items() if isinstance(spec, dict)}  # not the path
+        tokens = ", ".join(f"{name} {spec['train_tokens']:,}" for name, spec in sources.items())
         lines.append(f"train tokens: {tokens}")
     checkpoint = latest("checkpoint")
     if checkpoint:

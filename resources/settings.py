@@ -98,8 +98,9 @@ class Settings(Section):
                 "rewrite": self.rewrite
                 and self.rewrite.model_copy(
                     update={
-                        "model_path": _absolute(self.rewrite.model_path, base),
-                        "tokenizer_path": self.rewrite.tokenizer_path and _absolute(self.rewrite.tokenizer_path, base),
+                        "model": self.rewrite.model.model_copy(
+                            update={"path": self.rewrite.model.path and _absolute(self.rewrite.model.path, base)}
+                        )
                     }
                 ),
                 "storage": self.storage.model_copy(update={"root": _absolute(self.storage.root, base)}),

@@ -24,24 +24,32 @@ def publish_model(store: ShardStore, asset: str, local_path: Path, manifest: Man
 
 
 def publish_directory(store: ShardStore, asset: str, local_dir: Path, manifest: Manifest) -> Manifest:
-    """A model folder (e.g. a tokenizer saved with save_pretrained), as `model-<hash>/<files>`,
-    the hash over every file's name and content."""
-    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
-    contents = {p.relative_to(local_dir).as_posix(): p.read_bytes() for p in files}
+    """A model folder (a tokenizer or a model saved with save_pretrained), as `model-<hash>/<files>`,
+    the hash over every file's name and content. Files are streamed: a model of many GB is never
+    held in memory."""
+    digests = {
+        p.relative_to(local_dir).as_posix(): (p, file_sha256(p))
+        for p in sorted(p for p in local_dir.rglob("*") if p.is_file())
+    }
     folder = (
-        "model-"
-        + hashlib.sha256(
-            b"".join(name.encode() + sha256_bytes(data).encode() for name, data in contents.items())
-        ).hexdigest()[:16]
+        "model-" + hashlib.sha256(b"".join(n.encode() + d.encode() for n, (_, d) in digests.items())).hexdigest()[:16]
     )
     directory = store.partition_dir(asset, None)
     manifest.files = []
-    for name, data in contents.items():
-        store.write_bytes(posixpath.join(directory, folder, name), data)
+    for name, (path, digest) in digests.items():
+        store.write_file(posixpath.join(directory, folder, name), path)
         manifest.files.append(
-            ShardInfo(path=f"{folder}/{name}", rows=0, bytes=len(data), sha256=sha256_bytes(data), table=MODEL)
+            ShardInfo(path=f"{folder}/{name}", rows=0, bytes=path.stat().st_size, sha256=digest, table=MODEL)
         )
     return store.commit(manifest)
+
+
+def file_sha256(path: Path, chunk: int = 1 << 24) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def fetch_model(store: ShardStore, asset: str) -> tuple[Path, Manifest]:

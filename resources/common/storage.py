@@ -150,6 +150,21 @@ class ShardStore:
         else:
             self.fs.pipe_file(path, data)
 
+    def write_file(self, path: str, local: Path) -> None:
+        """`write_bytes` for a local file of any size: streamed, never held in memory."""
+        parent = posixpath.dirname(path)
+        if self._is_local:
+            self.fs.makedirs(parent, exist_ok=True)
+            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
+            try:
+                self.fs.put_file(str(local), tmp)
+                self.fs.mv(tmp, path)
+            finally:
+                if self.fs.exists(tmp):
+                    self.fs.rm(tmp)
+        else:
+            self.fs.put_file(str(local), path)
+
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)
 

@@ -33,7 +33,7 @@ class EndpointSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: str = Field(default="http://127.0.0.1:8000/v1", description="base URL, up to and including /v1")
-    served_model: str | None = Field(default=None, description="the `model` field of requests; default model_path")
+    served_model: str | None = Field(default=None, description="`model` of requests; default: the model directory")
     concurrency: int = Field(default=32, ge=1, description="requests in flight")
     retries: int = Field(default=3, ge=0, description="retries per request after the first attempt")
     backoff_s: float = Field(default=1.0, ge=0, description="first retry delay, doubled each retry")

@@ -9,6 +9,7 @@ machinery. head_dim is 64 (hidden 128, 2 heads), as vLLM's CPU attention kernels
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -58,15 +59,17 @@ def build_tokenizer(text_files: Sequence[Path], vocab_size: int, max_chars: int 
 
 
 def build_tiny_model(out_dir: Path | str, *, text_files: Sequence[Path | str] = DEFAULT_TEXT_FILES) -> Path:
-    """Write a loadable model directory (config.json, model.safetensors, tokenizer files) and
-    return it. A directory already built from the same spec is returned as is."""
+    """Write a loadable model directory (config.json, model.safetensors, tokenizer files, the
+    marker naming what it was built from) and return it. A directory already built from the same
+    spec is returned as is."""
     out = Path(out_dir)
     files = [Path(p) for p in text_files]
     missing = [str(p) for p in files if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"tokenizer training text not found: {', '.join(missing)}")
-    texts = {"text_files": [str(p.resolve()) for p in files], "text_sizes": [p.stat().st_size for p in files]}
-    spec = {**texts, **SHAPE, "seed": SEED}
+    # The texts by content, not by path: the same text gives the same marker (and every file
+    # byte-identical) wherever the project is checked out.
+    spec = {"text_sha256": [hashlib.sha256(p.read_bytes()).hexdigest() for p in files], **SHAPE, "seed": SEED}
     marker = out / _MARKER
     if marker.is_file() and json.loads(marker.read_text()) == spec:
         return out

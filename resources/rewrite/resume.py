@@ -83,11 +83,13 @@ def rewrite_partition(
     upstream: str,
     partition: str,
     run_id: str,
+    extra_inputs: dict[str, str] | None = None,
     on_shard: Callable[[int, int, RewriteStats], None] | None = None,
 ) -> RewriteOutput:
     """Rewrite every shard of `upstream[partition]` into `asset[partition]`, one output shard per
     input shard, reusing the shards an interrupted run already finished (see the module doc).
-    `on_shard(index, shard_count, stats)` is called after each generated shard (progress logs)."""
+    `extra_inputs` (the model's data version) join the manifest's inputs; `on_shard(index,
+    shard_count, stats)` is called after each generated shard (progress logs)."""
     started = time.perf_counter()
     source = upstream_manifest(store, upstream, partition)
     paths = store.shard_paths(source)
@@ -109,7 +111,7 @@ def rewrite_partition(
             partition,
             run_id,
             [f for shard in shards for f in shard.files],
-            inputs={f"{upstream}[{partition}]": source.data_version},
+            inputs={f"{upstream}[{partition}]": source.data_version, **(extra_inputs or {})},
             stats={"rows_in": stats.documents, **stats.to_dict(), "fingerprint": rewriter.fingerprint},
         )
     )

@@ -29,6 +29,7 @@ from resources.common.storage import stable_hash
 from resources.llm.backend import Backend, Generation, GenerationRequest
 from resources.llm.endpoint import EndpointBackend, EndpointSettings
 from resources.llm.model import inspect_model, load_tokenizer
+from resources.llm.model_source import RewriterModelSettings
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
 from resources.rewrite.post_filter import DUPLICATE_OUTPUT, PostFilter, PostFilterSettings
 from resources.rewrite.prompts import Prompt, PromptBuilder
@@ -47,9 +48,10 @@ class RewriteSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    model_path: str = Field(description="a Hugging Face model directory: built by tiny_model, or a training checkpoint")
-    tokenizer_path: str | None = Field(default=None, description="default: model_path")
-    model_name: str | None = Field(default=None, description="the `model` column; default: directory name + hash")
+    model: RewriterModelSettings = Field(
+        default_factory=RewriterModelSettings, description="the model the `rewriter_model` asset publishes"
+    )
+    model_name: str | None = Field(default=None, description="the `model` column; default: the model's name + hash")
     backend: Literal["vllm", "endpoint"] = "vllm"
     max_model_len: int | None = Field(default=None, ge=32, description="default: the model's max_position_embeddings")
     recipes: dict[str, dict[str, Any]] = Field(
@@ -71,12 +73,9 @@ class RewriteSettings(BaseModel):
 
     def output_shaping(self) -> dict[str, object]:
         """What changes the rows written, for the asset's code_version: not the backend, its
-        URL, concurrency or memory settings. The model's content is not read here (settings are
-        read when the code location loads, maybe before the model exists): `Rewriter.fingerprint`
-        adds it at run time."""
+        URL, concurrency or memory settings, and not the model, an input of its own (the
+        `rewriter_model` asset, whose data version is the hash of its files)."""
         return {
-            "model_path": self.model_path,
-            "tokenizer_path": self.tokenizer_path,
             "model_name": self.model_name,
             "max_model_len": self.max_model_len,
             **self.vllm.output_shaping(),
@@ -147,10 +146,10 @@ class Rewriter:
     settings is owned and closed.
     """
 
-    def __init__(self, settings: RewriteSettings, backend: Backend | None = None) -> None:
+    def __init__(self, settings: RewriteSettings, model_dir: str | Path, backend: Backend | None = None) -> None:
         self.settings = settings
         self.recipes = settings.resolved_recipes()
-        self.model_info = inspect_model(settings.model_path, settings.tokenizer_path)
+        self.model_info = inspect_model(model_dir)
         self.tokenizer = load_tokenizer(self.model_info)
         positions = self.model_info.max_position_embeddings
         self.max_model_len = settings.max_model_len or positions or self.tokenizer.model_max_length
@@ -159,7 +158,7 @@ class Rewriter:
         self.prompts = PromptBuilder(self.tokenizer, self.max_model_len)
         for recipe in self.recipes:
             self.prompts.check(recipe)
-        self.model_name = settings.model_name or f"{self.model_info.path.name}-{self.model_info.fingerprint[:8]}"
+        self.model_name = settings.model_name or f"{settings.model.label}-{self.model_info.fingerprint[:8]}"
         self.post_filter = PostFilter(settings.post_filter)
         self.fingerprint = stable_hash(
             {"logic": LOGIC_VERSION, "settings": settings.output_shaping(), "model": self.model_info.fingerprint}
@@ -176,7 +175,7 @@ class Rewriter:
         if self.settings.backend == "endpoint":
             endpoint = EndpointBackend(
                 self.settings.endpoint,
-                self.settings.endpoint.served_model or self.settings.model_path,
+                self.settings.endpoint.served_model or str(self.model_info.path),
                 lambda text: len(self.tokenizer(text, add_special_tokens=False)["input_ids"]),
             )
             endpoint.check()

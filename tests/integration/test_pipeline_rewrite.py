@@ -19,7 +19,6 @@ from definitions import SYNTHETIC_TOKEN_SHARDS, build_definitions
 from jobs.demo import materialize_stale, needs_run, tick_sensor
 from resources.common.storage import ShardStore
 from resources.evaluate.history import RESULTS, SAMPLES, read_history
-from resources.llm.tiny_model import build_tiny_model
 from resources.train.mixture import MIXTURE_FILE, TRAINING_MIXTURE
 from tests.conftest import chain_settings, one_file_crawl
 
@@ -28,12 +27,10 @@ pytestmark = pytest.mark.vllm
 
 def test_full_graph_from_crawl_to_report(tmp_path: Path, instance: dg.DagsterInstance) -> None:
     crawl = one_file_crawl(tmp_path)
-    model = build_tiny_model(tmp_path / "rewriter")
     settings = chain_settings(
         tmp_path,
         crawl,
         rewrite={
-            "model_path": str(model),
             "max_model_len": 512,
             "recipes": {"encyclopedic": {"sampling": {"max_tokens": 16}, "selection": {"sample_fraction": 0.2}}},
             "post_filter": {"drop_truncated": False},

@@ -74,11 +74,10 @@ def source_frame(rows: int, start: int = 0, *, long_text_at: int | None = None) 
     )
 
 
-def settings_for(model: Path, **overrides: object) -> RewriteSettings:
+def settings_for(**overrides: object) -> RewriteSettings:
     """Short generations (the tiny model's text is noise anyway) and a small context, so that
     the long test document must be cut."""
     body: dict[str, object] = {
-        "model_path": str(model),
         "max_model_len": TINY_MAX_MODEL_LEN,
         "recipes": {
             "encyclopedic": {"sampling": {"max_tokens": 24}},
@@ -136,7 +135,7 @@ def staged_notes(store: ShardStore) -> list[str]:
 
 def test_tiny_model_is_small_deterministic_and_vllm_shaped(tiny_model: Path, tmp_path: Path) -> None:
     again = build_tiny_model(tmp_path / "again")
-    for file in sorted(p for p in tiny_model.iterdir() if p.name != "tiny_model.json"):
+    for file in sorted(tiny_model.iterdir()):  # the marker too: it names the text by content, not path
         assert file.read_bytes() == (again / file.name).read_bytes(), file.name
     config = json.loads((tiny_model / "config.json").read_text())
     assert config["architectures"] == ["LlamaForCausalLM"]
@@ -238,8 +237,8 @@ def test_duplicate_outputs_are_removed_and_catalog_rows_cover_reused_shards(tiny
     frames = [source_frame(5, start=5 * i) for i in range(3)]
     store = upstream_store(tmp_path, frames)
     with pytest.raises(KeyboardInterrupt):
-        run_partition(store, Rewriter(settings_for(tiny_model), backend=Counting(Scripted(), fail_after_calls=1)))
-    output = run_partition(store, Rewriter(settings_for(tiny_model), backend=Scripted()))
+        run_partition(store, Rewriter(settings_for(), tiny_model, backend=Counting(Scripted(), fail_after_calls=1)))
+    output = run_partition(store, Rewriter(settings_for(), tiny_model, backend=Scripted()))
     assert output.stats.shards_reused == 1 and output.stats.shards_generated == 2
     removed = pl.concat(store.iter_frames(output.manifest, table=REMOVED))
     assert set(removed["rule"]) == {"rewrite_duplicate_output"} and removed["duplicate_of"].equals(removed["doc_id"])
@@ -255,30 +254,30 @@ def test_duplicate_outputs_are_removed_and_catalog_rows_cover_reused_shards(tiny
 def test_missing_or_broken_model_path_fails_before_an_engine_starts(tiny_model: Path, tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(ModelPathError, match="does not exist"):
-        Rewriter(settings_for(tmp_path / "nowhere"))
+        Rewriter(settings_for(), tmp_path / "nowhere")
     (tmp_path / "file").write_text("x")
     with pytest.raises(ModelPathError, match="not a directory"):
-        Rewriter(settings_for(tmp_path / "file"))
+        Rewriter(settings_for(), tmp_path / "file")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ModelPathError, match=r"no config\.json"):
-        Rewriter(settings_for(empty))
+        Rewriter(settings_for(), empty)
     broken = tmp_path / "broken"
     broken.mkdir()
     for file in tiny_model.iterdir():
         (broken / file.name).write_bytes(file.read_bytes())
     (broken / "config.json").write_text("{not json")
     with pytest.raises(ModelPathError, match=r"cannot read .*config\.json"):
-        Rewriter(settings_for(broken))
+        Rewriter(settings_for(), broken)
     (broken / "config.json").write_bytes((tiny_model / "config.json").read_bytes())
     (broken / "tokenizer.json").unlink()
     with pytest.raises(ModelPathError, match="no tokenizer"):
-        Rewriter(settings_for(broken))
+        Rewriter(settings_for(), broken)
     (broken / "tokenizer.json").write_text("{}")
     with pytest.raises(ModelPathError, match="cannot load the tokenizer"):
-        Rewriter(settings_for(broken))
+        Rewriter(settings_for(), broken)
     with pytest.raises(ValueError, match="exceeds the model's 1024 positions"):
-        Rewriter(settings_for(tiny_model, max_model_len=4096))
+        Rewriter(settings_for(max_model_len=4096), tiny_model)
     assert time.monotonic() - started < 30  # no engine was started
 
 
@@ -286,7 +285,7 @@ def test_endpoint_down_fails_after_bounded_retries(tiny_model: Path) -> None:
     url = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there: connection refused
     started = time.monotonic()
     with pytest.raises(EndpointError, match=r"no usable answer after 3 attempts; last error: .*refused"):
-        Rewriter(settings_for(tiny_model, backend="endpoint", endpoint={"url": url, "retries": 2, "backoff_s": 0.05}))
+        Rewriter(settings_for(backend="endpoint", endpoint={"url": url, "retries": 2, "backoff_s": 0.05}), tiny_model)
     assert time.monotonic() - started < 10
 
 
@@ -316,7 +315,7 @@ def failing_server() -> Iterator[tuple[str, list[str]]]:
 def test_endpoint_http_500_fails_after_bounded_retries(tiny_model: Path, failing_server) -> None:
     url, hits = failing_server
     with pytest.raises(EndpointError, match=r"after 3 attempts; last error: HTTP 500: .*boom"):
-        Rewriter(settings_for(tiny_model, backend="endpoint", endpoint={"url": url, "retries": 2, "backoff_s": 0.05}))
+        Rewriter(settings_for(backend="endpoint", endpoint={"url": url, "retries": 2, "backoff_s": 0.05}), tiny_model)
     assert hits == ["/v1/models"] * 3
 
 
@@ -326,7 +325,7 @@ def test_endpoint_http_500_fails_after_bounded_retries(tiny_model: Path, failing
 @pytest.mark.vllm
 def test_vllm_rewrites_with_complete_provenance(tiny_model: Path, vllm_backend) -> None:
     frame = source_frame(12, long_text_at=3)
-    rewriter = Rewriter(settings_for(tiny_model), backend=vllm_backend)
+    rewriter = Rewriter(settings_for(), tiny_model, backend=vllm_backend)
     result = rewriter.rewrite(frame)
     kept, removed, stats = result.kept, result.removed, result.stats
     english = frame.filter(pl.col("language") == "en").height
@@ -349,23 +348,23 @@ def test_vllm_rewrites_with_complete_provenance(tiny_model: Path, vllm_backend) 
     assert row["recipe_version"] == "1" and row["model"].startswith(tiny_model.name)
     assert json.loads(row["sampling"]) == {"max_tokens": 16, "seed": 0, "stop": [], "temperature": 0.7, "top_p": 0.9}
     # seeded per row: the same shard gives the same text
-    assert Rewriter(settings_for(tiny_model), backend=vllm_backend).rewrite(frame).kept.equals(kept)
+    assert Rewriter(settings_for(), tiny_model, backend=vllm_backend).rewrite(frame).kept.equals(kept)
 
 
 @pytest.mark.vllm
 def test_vllm_post_filter_reasons_and_empty_selection(tiny_model: Path, vllm_backend) -> None:
     frame = source_frame(6)
-    strict = settings_for(tiny_model, post_filter={"drop_truncated": True})
-    result = Rewriter(strict, backend=vllm_backend).rewrite(frame)
+    strict = settings_for(post_filter={"drop_truncated": True})
+    result = Rewriter(strict, tiny_model, backend=vllm_backend).rewrite(frame)
     truncated = result.removed.filter(pl.col("rule") == "rewrite_truncated")
     assert truncated.height == result.stats.finish_reasons["length"] > 0  # random weights rarely stop
     assert truncated["stage"].unique().to_list() == ["rewrite"]
     assert set(truncated["source_doc_id"]) <= set(frame["doc_id"]) and truncated["url"].null_count() == 0
 
     nothing = settings_for(
-        tiny_model, recipes={"encyclopedic": {"sampling": {"max_tokens": 8}, "selection": {"crawls": ["CC-NONE"]}}}
+        recipes={"encyclopedic": {"sampling": {"max_tokens": 8}, "selection": {"crawls": ["CC-NONE"]}}}
     )
-    empty = Rewriter(nothing, backend=vllm_backend).rewrite(frame)
+    empty = Rewriter(nothing, tiny_model, backend=vllm_backend).rewrite(frame)
     assert empty.kept.height == 0 and empty.removed.height == 0 and dict(empty.kept.schema) == SYNTHETIC_SCHEMA
     assert empty.stats.documents == 6 and empty.stats.selected == {"encyclopedic": 0} and empty.stats.prompts == 0
 
@@ -374,18 +373,18 @@ def test_vllm_post_filter_reasons_and_empty_selection(tiny_model: Path, vllm_bac
 def test_partition_resumes_after_an_interrupted_run(tiny_model: Path, vllm_backend, tmp_path: Path) -> None:
     frames = [source_frame(5, start=5 * i) for i in range(3)]
     reference = run_partition(
-        upstream_store(tmp_path / "ref", frames), Rewriter(settings_for(tiny_model), vllm_backend)
+        upstream_store(tmp_path / "ref", frames), Rewriter(settings_for(), tiny_model, vllm_backend)
     )
 
     store = upstream_store(tmp_path / "run", frames)
     killed = Counting(vllm_backend, fail_after_calls=1)
     with pytest.raises(KeyboardInterrupt):
-        run_partition(store, Rewriter(settings_for(tiny_model), backend=killed))
+        run_partition(store, Rewriter(settings_for(), tiny_model, backend=killed))
     assert store.read_manifest(ASSET, PARTITION) is None  # nothing published
     assert [n.split("-")[1] for n in staged_notes(store)] == ["00000"]
 
     resumed = Counting(vllm_backend)
-    output = run_partition(store, Rewriter(settings_for(tiny_model), backend=resumed))
+    output = run_partition(store, Rewriter(settings_for(), tiny_model, backend=resumed))
     assert len(resumed.calls) == 2  # shards 1 and 2 only
     assert output.stats.shards_reused == 1 and output.stats.shards_generated == 2
     assert output.manifest.data_version == reference.manifest.data_version  # same bytes as an uninterrupted run
@@ -393,8 +392,8 @@ def test_partition_resumes_after_an_interrupted_run(tiny_model: Path, vllm_backe
     assert staged_notes(store) == []  # the commit collected the notes
 
     changed = Counting(vllm_backend)
-    settings = settings_for(tiny_model, recipes={"encyclopedic": {"version": "2", "sampling": {"max_tokens": 8}}})
-    run_partition(store, Rewriter(settings, backend=changed))
+    settings = settings_for(recipes={"encyclopedic": {"version": "2", "sampling": {"max_tokens": 8}}})
+    run_partition(store, Rewriter(settings, tiny_model, backend=changed))
     assert len(changed.calls) == 3  # another recipe version: nothing reused
 
 
@@ -404,8 +403,8 @@ def test_partition_resumes_after_an_interrupted_run(tiny_model: Path, vllm_backe
 @pytest.mark.vllm
 def test_endpoint_backend_against_a_vllm_server(tiny_model: Path, vllm_server: str) -> None:
     frame = source_frame(10, long_text_at=0)
-    settings = settings_for(tiny_model, backend="endpoint", endpoint={"url": vllm_server, "concurrency": 4})
-    with Rewriter(settings) as rewriter:
+    settings = settings_for(backend="endpoint", endpoint={"url": vllm_server, "concurrency": 4})
+    with Rewriter(settings, tiny_model) as rewriter:
         result = rewriter.rewrite(frame)
     assert result.kept.height + result.removed.height == result.stats.prompts > 10
     assert result.stats.prompts_cut >= 1
@@ -460,18 +459,16 @@ def test_endpoint_failing_mid_partition_keeps_finished_shards(
     proxy_url, state = flaky_proxy
     frames = [source_frame(4, start=4 * i) for i in range(3)]
     store = upstream_store(tmp_path, frames)
-    settings = settings_for(
-        tiny_model, backend="endpoint", endpoint={"url": proxy_url, "retries": 1, "backoff_s": 0.05}
-    )
-    with Rewriter(settings) as rewriter:
+    settings = settings_for(backend="endpoint", endpoint={"url": proxy_url, "retries": 1, "backoff_s": 0.05})
+    with Rewriter(settings, tiny_model) as rewriter:
         state["budget"] = sum(recipe.select(frames[0]).sum() for recipe in rewriter.recipes)  # shard 0's prompts
         with pytest.raises(EndpointError, match="HTTP 500"):
             run_partition(store, rewriter)
     assert [n.split("-")[1] for n in staged_notes(store)] == ["00000"]
     assert store.read_manifest(ASSET, PARTITION) is None
 
-    direct = settings_for(tiny_model, backend="endpoint", endpoint={"url": vllm_server})
-    with Rewriter(direct) as rewriter:
+    direct = settings_for(backend="endpoint", endpoint={"url": vllm_server})
+    with Rewriter(direct, tiny_model) as rewriter:
         output = run_partition(store, rewriter)
     assert output.stats.shards_reused == 1 and output.stats.shards_generated == 2
     kept = pl.concat(store.iter_frames(output.manifest))
