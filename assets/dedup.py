@@ -36,6 +36,7 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
         catalog: CatalogResource,
         executor: ExecutorResource,
     ) -> dg.MaterializeResult:
+        mapper = executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         store, (_, crawl_batch) = storage.store(), target(context)
         order = context.instance.get_dynamic_partitions(crawl_batches.name)
         try:
@@ -45,7 +46,7 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
                 raise dg.RetryRequested(settings.wait_retries, settings.wait_seconds) from exc
             raise
         source = upstream_manifest(store, SCORED, crawl_batch)
-        with NearDedup(settings.near, executor.mapper()) as engine:
+        with NearDedup(settings.near, mapper) as engine:
             result = engine.dedup_partition(store.iter_frames(source, ["doc_id", "text"]), segments)
 
             def idempotent(output: StageOutput) -> list[dg.AssetCheckResult]:

@@ -102,6 +102,7 @@ def build_scored_documents(settings: QualityStageSettings) -> dg.AssetsDefinitio
         catalog: CatalogResource,
         executor: ExecutorResource,
     ) -> dg.MaterializeResult:
+        executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         store = storage.store()
         path, model_manifest = fetch_model(store, QUALITY_CLASSIFIER)
         scorer = QualityFilter.load(path, settings.classifier)  # a broken model fails here, before any shard

@@ -35,6 +35,7 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
         catalog: CatalogResource,
         executor: ExecutorResource,
     ) -> dg.MaterializeResult:
+        mapper = executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         store, (_, crawl_batch) = storage.store(), target(context)
         spec = storage.batches().spec(crawl_batch)
         result = ingest_files(
@@ -45,7 +46,7 @@ def build_raw_documents(settings: IngestSettings, source_options: dict | None = 
             crawl=spec["crawl"],
             storage_options=source_options,
             log=context.log.info,
-            mapper=executor.mapper(),
+            mapper=mapper,
         )
         for path, error in result.read.file_errors.items():
             context.log.warning(f"{path}: {error}")

@@ -73,12 +73,13 @@ def build_token_shards(
         catalog: CatalogResource,
         executor: ExecutorResource,
     ) -> dg.MaterializeResult:
+        mapper = executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         store, (_, crawl_batch) = storage.store(), target(context)
         tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
         tokenizer = load_tokenizer(tokenizer_dir)
         source = upstream_manifest(store, upstream, crawl_batch)
         columns = settings.input_columns(store.shard_schema(source))
-        if (mapper := executor.mapper()) is None:
+        if mapper is None:
             frames = store.iter_frames(source, columns)
             result = tokenize_partition(store, name, crawl_batch, frames, tokenizer, settings)
         else:

@@ -37,7 +37,7 @@ class CatalogResource(dg.ConfigurableResource):
 class ExecutorResource(dg.ConfigurableResource):
     """Where the map stages' per-shard work runs: `local` (this step's process and its pools) or
     `ray` (tasks on the cluster at `ray_address`; see resources.common.executor). A step that uses
-    it joins the cluster before it does any work, and leaves it when it ends."""
+    it joins the cluster before it does any work, and leaves it when the step ends."""
 
     kind: ExecutorKind = "local"
     ray_address: str | None = None
@@ -56,18 +56,22 @@ class ExecutorResource(dg.ConfigurableResource):
             ray_tasks_per_cpu=ray.tasks_per_cpu,
         )
 
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        ray = RaySettings(
-            address=self.ray_address,
-            connect_timeout_s=self.ray_connect_timeout_s,
-            max_retries=self.ray_max_retries,
-            tasks_per_cpu=self.ray_tasks_per_cpu,
-        )
-        self._mapper = shard_mapper(self.kind, ray)
+    def mapper(self) -> ShardMapper | None:
+        """None for local; for ray, the cluster joined on first use (an asset calls this before
+        it does any work: a cluster that does not answer fails the step there)."""
+        if self.kind == "local":
+            return None
+        if self._mapper is None:
+            ray = RaySettings(
+                address=self.ray_address,
+                connect_timeout_s=self.ray_connect_timeout_s,
+                max_retries=self.ray_max_retries,
+                tasks_per_cpu=self.ray_tasks_per_cpu,
+            )
+            self._mapper = shard_mapper(self.kind, ray)
+        return self._mapper
 
     def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self.kind == "ray":
+        if self._mapper is not None:
             disconnect()
-
-    def mapper(self) -> ShardMapper | None:
-        return self._mapper
+            self._mapper = None

@@ -6,9 +6,9 @@ installed with `--no-deps` only for that file (its own dependencies would replac
 training-capable fastText build), so nothing is downloaded at run time.
 
 Predictions come from `resources.filter.fasttext_predict`, a compiled reimplementation of
-fastText's that gives the same labels and the same float32 probabilities bit for bit, ~4x faster
-(lid.176 was half of the filter stage's time); a custom model it does not reproduce (another loss,
-a quantized output matrix) is run by fastText itself.
+fastText's that gives the same labels and the same float32 probabilities bit for bit, 5.5x faster
+per core (bench/filter.py; lid.176 was ~45% of the filter stage's time); a custom model it does
+not reproduce (another loss, a quantized output matrix) is run by fastText itself.
 
 Configuration errors are raised before a document is seen, not as a silent "no document is in
 language xx" after a whole crawl was filtered away: a code lid.176 does not know when the settings

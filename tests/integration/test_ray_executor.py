@@ -110,7 +110,8 @@ def test_ray_writes_the_same_bytes_as_local(tmp_path: Path, ray_address: str) ->
     for kind in ("local", "ray"):
         settings = chain_settings(tmp_path / kind, crawl, ingest={"shard_rows": 15})
         settings = settings.model_copy(update={"executor": kind, "ray": RaySettings(address=ray_address)})
-        with dg.instance_for_test(temp_dir=str(tmp_path / kind / "dagster")) as instance:
+        (home := tmp_path / kind / "dagster").mkdir(parents=True)
+        with dg.instance_for_test(temp_dir=str(home)) as instance:
             versions[kind] = _run_chain(settings, instance)
     assert versions["local"]["raw_shards"] >= 3
     assert versions["ray"] == versions["local"]
