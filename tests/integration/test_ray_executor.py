@@ -29,11 +29,11 @@ from definitions import build_definitions
 from jobs.demo import materialize, tick_sensor
 from resources.common.executor import RayMapper, RaySettings, RayUnavailable, disconnect
 from resources.common.partition_stage import run_partition_stage
-from resources.common.schemas import removed_rows
 from resources.common.storage import MANIFEST_NAME, ShardStore
 from resources.common.versioning import OutputVersion
 from resources.settings import PROJECT_ROOT, Settings
 from tests.conftest import chain_settings, one_file_crawl
+from tests.integration.ray_tasks import dying_filter
 
 STAGES = [  # (asset, partitioned), in the order they must run
     ("raw_documents", True),
@@ -81,7 +81,7 @@ def ray_address(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         disconnect()
         os.killpg(head.pid, signal.SIGTERM)  # the head and every process it started
         try:
-            head.wait(20)
+            head.wait(5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
             head.wait()
@@ -115,20 +115,6 @@ def test_ray_writes_the_same_bytes_as_local(tmp_path: Path, ray_address: str) ->
             versions[kind] = _run_chain(settings, instance)
     assert versions["local"]["raw_shards"] >= 3
     assert versions["ray"] == versions["local"]
-
-
-def dying_filter(marker: str) -> object:
-    """A stage engine whose worker dies (SIGKILL) on the shard holding "kill me", the first
-    time only: `marker` records the death."""
-
-    def process(frame: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-        if "kill me" in frame.get_column("text").to_list() and not Path(marker).exists():
-            Path(marker).write_text(str(os.getpid()))
-            os.kill(os.getpid(), signal.SIGKILL)
-        odd = frame.get_column("text").str.len_chars() % 2 == 1
-        return frame.filter(~odd), removed_rows(frame.filter(odd), "test", "test_odd_length", "odd")
-
-    return process
 
 
 def _upstream(store: ShardStore) -> None:
