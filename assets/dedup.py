@@ -16,7 +16,7 @@ from resources.dedup.index import (
     index_input,
 )
 from resources.dedup.settings import DedupStageSettings
-from resources.resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 
 DEDUPED = "deduplicated_documents"
 DEDUP_LOGIC = "2"  # 2: removal keys dedup_exact, dedup_near
@@ -38,8 +38,12 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
         "(earlier rows, earlier crawl batches); each removed row names `duplicate_of`.",
     )
     def deduplicated_documents(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
+        mapper = executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         store, (_, crawl_batch) = storage.store(), target(context)
         order = context.instance.get_dynamic_partitions(crawl_batches.name)
         earlier = order[: order.index(crawl_batch)]
@@ -50,7 +54,7 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
                 raise dg.RetryRequested(settings.wait_retries, settings.wait_seconds) from exc
             raise
         source = upstream_manifest(store, SCORED, crawl_batch)
-        with NearDedup(settings.near) as engine:
+        with NearDedup(settings.near, mapper) as engine:
             result = engine.dedup_partition(store.iter_frames(source, ["doc_id", "text"]), segments)
 
             def idempotent(output: StageOutput) -> list[dg.AssetCheckResult]:
@@ -71,7 +75,7 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
                 catalog,
                 version,
                 upstream=SCORED,
-                process=result.splitter(),
+                process=result.splitter,
                 keep_rate_bounds=settings.keep_rate_bounds,
                 extra_inputs=inputs,
                 finish=lambda: {INDEX: result.segment.to_frame()},

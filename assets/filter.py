@@ -11,9 +11,16 @@ from assets.takedown import TAKEDOWN_REQUESTS
 from resources.common.model_store import fetch_model, publish_model
 from resources.common.versioning import OutputVersion
 from resources.filter.decontamination import DecontaminationSettings
-from resources.filter.engine import DocumentFilter, FilterSettings, QualityFilter, QualityStageSettings, quality_model
+from resources.filter.engine import (
+    FilterSettings,
+    QualityFilter,
+    QualityStageSettings,
+    document_filter,
+    quality_filter,
+    quality_model,
+)
 from resources.lineage.takedown import TakedownFilter
-from resources.resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 
 FILTERED = "filtered_documents"
 QUALITY_CLASSIFIER = "quality_classifier"
@@ -38,9 +45,11 @@ def build_filtered_documents(settings: FilterSettings, decontamination: Decontam
         "rules and share no n-gram with a registered evaluation set; the rest, with reasons, in `removed`.",
     )
     def filtered_documents(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
-        engine = DocumentFilter.build(settings, decontamination)
         takedowns = TakedownFilter.load(storage.store())
         return run_stage(
             context,
@@ -48,9 +57,10 @@ def build_filtered_documents(settings: FilterSettings, decontamination: Decontam
             catalog,
             version,
             upstream=RAW_DOCUMENTS,
-            process=takedowns.then(engine.process),
+            process=partial(document_filter, settings, decontamination, takedowns),
             keep_rate_bounds=settings.keep_rate_bounds,
             extra_inputs={TAKEDOWN_REQUESTS: takedowns.version},
+            executor=executor,
         )
 
     return filtered_documents
@@ -90,18 +100,24 @@ def build_scored_documents(settings: QualityStageSettings) -> dg.AssetsDefinitio
         "threshold (or the top fraction of each shard).",
     )
     def scored_documents(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
-        path, model_manifest = fetch_model(storage.store(), QUALITY_CLASSIFIER)
-        scorer = QualityFilter.load(path, settings.classifier)
+        executor.mapper()  # first: a Ray cluster that does not answer fails before any work
+        store = storage.store()
+        path, model_manifest = fetch_model(store, QUALITY_CLASSIFIER)
+        scorer = QualityFilter.load(path, settings.classifier)  # a broken model fails here, before any shard
         return run_stage(
             context,
             storage,
             catalog,
             version,
             upstream=FILTERED,
-            process=scorer.process,
+            process=partial(quality_filter, store, QUALITY_CLASSIFIER, settings.classifier),
             keep_rate_bounds=settings.keep_rate_bounds,
+            executor=executor,
             extra_inputs={QUALITY_CLASSIFIER: model_manifest.data_version},
             metadata={"model_version": scorer.model.model_version},
         )

@@ -9,7 +9,7 @@ from assets.partitions import crawl_batches
 from resources.common.versioning import OutputVersion
 from resources.ingest.engine import IngestSettings, ingest_files
 from resources.ingest.sources import BatchRegistry, SourceSettings
-from resources.resources import CatalogResource, StorageResource
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
 
 RAW_DOCUMENTS = "raw_documents"
 # Bump when a change to the ingest code changes the documents it writes.
@@ -32,8 +32,12 @@ def build_raw_documents(settings: IngestSettings, source: SourceSettings) -> dg.
         description=f"Main text of every HTML page and WET record of a crawl batch ({settings.extractor}).",
     )
     def raw_documents(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
+        mapper = executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         _, crawl_batch = target(context)
         with writing(context, storage) as store:
             spec = BatchRegistry(store).spec(crawl_batch)
@@ -45,6 +49,7 @@ def build_raw_documents(settings: IngestSettings, source: SourceSettings) -> dg.
                 crawl=spec["crawl"],
                 storage_options=source.fs_options(),
                 log=context.log.info,
+                mapper=mapper,
             )
             for path, error in result.read.file_errors.items():
                 context.log.warning(f"{path}: {error}")

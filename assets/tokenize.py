@@ -1,5 +1,6 @@
 """Tokenization: a BPE tokenizer trained on the corpus (or loaded), then token shards per crawl batch."""
 
+from functools import partial
 from pathlib import Path
 
 import dagster as dg
@@ -12,8 +13,8 @@ from resources.common.model_store import fetch_model, publish_directory
 from resources.common.partition_stage import upstream_manifest
 from resources.common.storage import ShardStore
 from resources.common.versioning import OutputVersion
-from resources.resources import CatalogResource, StorageResource
-from resources.tokenize.shards import TokenShardSettings, tokenize_partition
+from resources.resources import CatalogResource, ExecutorResource, StorageResource
+from resources.tokenize.shards import TokenShardSettings, token_encoder, tokenize_partition, tokenize_partition_on
 from resources.tokenize.tokenizer import TokenizerSettings, load_tokenizer, sample_texts, train_tokenizer
 
 TOKENIZER = "tokenizer"
@@ -67,16 +68,27 @@ def build_token_shards(
         "(doc_id, offset, length, split) tracing every token to its document.",
     )
     def token_shards(
-        context: dg.AssetExecutionContext, storage: StorageResource, catalog: CatalogResource
+        context: dg.AssetExecutionContext,
+        storage: StorageResource,
+        catalog: CatalogResource,
+        executor: ExecutorResource,
     ) -> dg.MaterializeResult:
+        mapper = executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         _, crawl_batch = target(context)
         with writing(context, storage) as store:
             tokenizer_dir, tokenizer_manifest = fetch_model(store, TOKENIZER)
             tokenizer = load_tokenizer(tokenizer_dir)
             source = upstream_manifest(store, upstream, crawl_batch)
             columns = settings.input_columns(store.shard_schema(source))
-            frames = store.iter_frames(source, columns)
-            result = tokenize_partition(store, name, crawl_batch, frames, tokenizer, settings)
+            if mapper is None:
+                frames = store.iter_frames(source, columns)
+                result = tokenize_partition(store, name, crawl_batch, frames, tokenizer, settings)
+            else:
+                encoder = partial(token_encoder, store, TOKENIZER, settings)
+                paths = store.shard_paths(source)
+                result = tokenize_partition_on(
+                    mapper, store, name, crawl_batch, paths, columns, encoder, tokenizer, settings
+                )
             inputs = {f"{upstream}[{crawl_batch}]": source.data_version, TOKENIZER: tokenizer_manifest.data_version}
             manifest = commit(context, store, version, result.files, inputs=inputs, stats=result.stats)
             record(context, catalog.catalog(), manifest, token_index=token_index_frame(store, manifest))

@@ -9,31 +9,38 @@ fraction of the cost. This script checks both halves of that promise in one run:
   rule of `resources.filter.heuristics`, timed one rule at a time over all documents (each rule
   tokenizes for itself, as datatrove's do), then the whole chain in FineWeb's order
   (language -> Gopher repetition -> Gopher quality -> C4 -> FineWeb) through
-  `HeuristicFilter`, where rules share one tokenization per document;
+  `HeuristicFilter`, where rules share one tokenization per document, then the whole stage
+  (`DocumentFilter.process`: the chain, decontamination, the kept and removed tables);
+  see bench/_filter_timing.py;
+- the previous implementation: the same timing code run on a checkout of --previous (default:
+  the commit before the compiled language ID and n-gram kernels), so the table gives the
+  speed-up per step and whether every decision, removal key and detail stayed the same;
 - datatrove's LanguageFilter, GopherRepetitionFilter, GopherQualityFilter, C4QualityFilter
   and FineWebQualityFilter with their defaults, the same way, in the reference environment
   (bench/_datatrove_filter.py).
 
-Both sides run one process on one core, one after the other; model loading is not timed.
-The table gives docs/s per rule and for the chain, the speed ratio, and how often the two
+Every side runs one process, one after the other, timed in CPU seconds of that process (threads
+included, so docs/s is per core; the machine is shared, and wall time would measure the
+neighbours); model loading is not timed.
+The table gives docs/s per rule and for the chain, the speed ratios, and how often the two
 keep/drop decisions agree, with the confusion counts; below it, whether the rule that
 failed was the same check, whether C4 left the same text, how our word counts compare with
 spaCy's, and a few disagreeing documents per rule with both sides' reasons.
 
-    .venv/bin/python bench/filter.py --reference-python .venv-bench/bin/python
+    .venv/bin/python bench/filter.py --reference-python .venv-bench/bin/python [--previous REF | --previous none]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,17 +50,19 @@ sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
 
+from bench._filter_timing import STEPS, time_steps  # noqa: E402
 from resources.common.storage import ShardInfo  # noqa: E402
-from resources.filter.heuristics import RULES, HeuristicFilter, HeuristicSettings  # noqa: E402
 from resources.filter.language_id import LanguageIdentifier, LanguageSettings  # noqa: E402
-from resources.filter.text_units import DocView, split_words  # noqa: E402
 from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
 
 DEFAULT_DATA_DIR = ROOT.parent / "shared" / "corpora" / "web-warc"
 DEFAULT_REFERENCE_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
 REFERENCE_SCRIPT = Path(__file__).resolve().parent / "_datatrove_filter.py"
-STEPS = ("language", "gopher_repetition", "gopher_quality", "c4", "fineweb")
+TIMING_SCRIPT = Path(__file__).resolve().parent / "_filter_timing.py"
+EVAL_SET = ROOT / "data" / "eval" / "wikitext2_valid_small.txt"
+# The filter before the compiled language ID and n-gram kernels (issue 15).
+PREVIOUS = "f0241ab"
 
 # Our removal keys are datatrove's drop reasons: its Gopher quality reasons as they are, the
 # other filters' with the family in front ("top_2_gram" -> "gopher_top_2_gram").
@@ -78,9 +87,17 @@ class Side:
     chain_failed: list[str | None] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def of_timing(cls, name: str, result: dict[str, Any]) -> Side:
+        """A side from bench/_filter_timing.py's result."""
+        extra = {key: result[key] for key in ("language", "score", "words", "stage")}
+        return cls(
+            name, result["seconds"], result["keep"], result["reason"], result["c4_text"], result["chain_failed"], extra
+        )
+
 
 def extract(files: list[str], workers: int) -> pl.DataFrame:
-    """Documents as our ingest makes them (Resiliparse), kept in memory for both sides."""
+    """Documents as our ingest makes them (Resiliparse), kept in memory for every side."""
     frames: list[pl.DataFrame] = []
 
     def keep_shard(index: int, frame: pl.DataFrame) -> ShardInfo:
@@ -90,62 +107,32 @@ def extract(files: list[str], workers: int) -> pl.DataFrame:
     settings = IngestSettings(extractor="resiliparse", workers=workers)
     result = ingest_files(files, crawl_batch="bench", settings=settings, write_shard=keep_shard)
     print(f"extracted {result.documents} documents in {result.seconds:.1f} s", file=sys.stderr)
-    return pl.concat(frames).select("doc_id", "url", "text")
+    return pl.concat(frames)
 
 
-def _best_of(repeats: int, run: Callable[[], Any]) -> tuple[float, Any]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        out = run()
-        best = min(best, time.perf_counter() - started)
-    return best, out
+def run_ours(frame: pl.DataFrame, language: LanguageSettings, repeats: int) -> Side:
+    result = time_steps(frame, language.languages, language.min_score, str(EVAL_SET), repeats)
+    return Side.of_timing("ours", json.loads(json.dumps(result)))  # the same shapes as a previous run's
 
 
-def run_ours(texts: list[str], language: LanguageSettings, repeats: int) -> Side:
-    side = Side("ours")
-    identifier = LanguageIdentifier(language)
-    heuristics = HeuristicSettings()
-
-    def language_pass() -> tuple[list[str], list[float], list[str | None]]:
-        labels, scores = identifier.predict(texts)
-        return labels, scores, [identifier.rejection(lab, s) for lab, s in zip(labels, scores, strict=True)]
-
-    seconds, (labels, scores, keys) = _best_of(repeats, language_pass)
-    side.seconds["language"], side.keep["language"] = seconds, [key is None for key in keys]
-    side.reason["language"] = [key and f"{key} {lab}:{s:.3f}" for key, lab, s in zip(keys, labels, scores, strict=True)]
-    side.extra.update(language=labels, score=scores)
-
-    for name in STEPS[1:]:
-        rule = RULES[name](heuristics)
-
-        def rule_pass(rule: Callable[[DocView], Any] = rule) -> tuple[list[Any], list[str]]:
-            docs = [DocView(text) for text in texts]
-            return [rule(doc) for doc in docs], [doc.text for doc in docs]
-
-        seconds, (failures, after) = _best_of(repeats, rule_pass)
-        side.seconds[name] = seconds
-        side.keep[name] = [f is None for f in failures]
-        side.reason[name] = [f and f"{f.key} {f.detail}" for f in failures]
-        if name == "c4":
-            side.c4_text = [text if f is None else None for f, text in zip(failures, after, strict=True)]
-
-    chain = HeuristicFilter(heuristics)
-
-    def chain_pass() -> list[str | None]:
-        labels, scores = identifier.predict(texts)
-        failed: list[str | None] = []
-        for text, lab, score in zip(texts, labels, scores, strict=True):
-            if not identifier.keep(lab, score):
-                failed.append("language")
-                continue
-            failure = chain.apply(text)[1]
-            failed.append(failure and failure.rule)
-        return failed
-
-    side.seconds["chain"], side.chain_failed = _best_of(repeats, chain_pass)
-    side.extra["words"] = [len(split_words(text)) for text in texts]
-    return side
+def run_previous(ref: str, documents: Path, language: LanguageSettings, repeats: int) -> Side:
+    """bench/_filter_timing.py run on `git archive <ref>` of this repository."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref], capture_output=True, check=False)
+    if archive.returncode != 0:
+        raise RuntimeError(f"git archive {ref} failed: {archive.stderr.decode().strip()}")
+    tree = documents.parent / f"previous-{ref}"
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tree, filter="data")
+    out = documents.with_name("previous.json")
+    command = [sys.executable, str(TIMING_SCRIPT), str(documents), "--out", str(out), "--repeats", str(repeats)]
+    command += ["--languages", *language.languages, "--min-score", str(language.min_score), "--eval-set", str(EVAL_SET)]
+    done = subprocess.run(
+        command, capture_output=True, text=True, check=False, env={**os.environ, "PYTHONPATH": str(tree)}
+    )
+    if done.returncode != 0:
+        tail = "\n".join((done.stdout + done.stderr).splitlines()[-20:])
+        raise RuntimeError(f"the previous implementation ({ref}) failed (exit {done.returncode}):\n{tail}")
+    return Side.of_timing(f"previous {ref}", json.loads(out.read_text(encoding="utf-8")))
 
 
 def run_reference(python: Path, documents: Path, language: LanguageSettings, model: Path, repeats: int) -> Side:
@@ -212,17 +199,44 @@ def _same_check(step: str, ours: list[str | None], theirs: list[str | None], dro
     return f"{same / len(dropped_by_both):.1%}"
 
 
-def table(ours: Side, reference: Side | None, n_docs: int) -> tuple[str, dict[str, Any]]:
+def _same_as_previous(name: str, ours: Side, previous: Side) -> tuple[int, int]:
+    """(documents with identical outcomes, documents): keep flag and reason (removal key and
+    detail) per step; failing rule in the chain; rule, detail, language, score and kept text in
+    the stage."""
+    if name == "stage":
+        mine, theirs = ours.extra["stage"], previous.extra["stage"]
+    elif name == "chain":
+        mine, theirs = ours.chain_failed, previous.chain_failed
+    else:
+        mine = list(zip(ours.keep[name], ours.reason[name], strict=True))
+        theirs = list(zip(previous.keep[name], previous.reason[name], strict=True))
+    if len(mine) != len(theirs):
+        return 0, max(len(mine), len(theirs))
+    return sum(a == b for a, b in zip(mine, theirs, strict=True)), len(mine)
+
+
+def table(ours: Side, previous: Side | None, reference: Side | None, n_docs: int) -> tuple[str, dict[str, Any]]:
     header = (
-        f"{'rule':<18} {'ours docs/s':>11} {'datatrove':>10} {'speed-up':>8} {'agree':>7}"
+        f"{'rule':<18} {'ours docs/s':>11} {'previous':>9} {'vs prev':>7} {'same as prev':>12}"
+        f" {'datatrove':>10} {'speed-up':>8} {'agree':>7}"
         f" {'keep/keep':>9} {'drop/drop':>9} {'only ours drops':>15} {'only dt drops':>13} {'same check':>10}"
     )
     lines, numbers = [header, "-" * len(header)], {}
-    for name in (*STEPS, "chain"):
+    for name in (*STEPS, "chain", "stage"):
         mine = n_docs / ours.seconds[name]
-        if reference is None:
-            lines.append(f"{name:<18} {mine:>11.1f}")
-            numbers[name] = {"ours_docs_per_second": mine}
+        row = f"{name:<18} {mine:>11.1f}"
+        numbers[name] = {"ours_docs_per_second": mine}
+        if previous is None:
+            row += f" {'-':>9} {'-':>7} {'-':>12}"
+        else:
+            before = n_docs / previous.seconds[name]
+            same, total = _same_as_previous(name, ours, previous)
+            row += f" {before:>9.1f} {mine / before:>6.2f}x {f'{same}/{total}':>12}"
+            numbers[name].update(
+                previous_docs_per_second=before, speed_up_vs_previous=mine / before, same_as_previous=[same, total]
+            )
+        if reference is None or name == "stage":  # datatrove has no decontamination step
+            lines.append(row)
             continue
         theirs = n_docs / reference.seconds[name]
         if name == "chain":
@@ -230,29 +244,30 @@ def table(ours: Side, reference: Side | None, n_docs: int) -> tuple[str, dict[st
             both = [
                 i for i, (a, b) in enumerate(zip(ours.chain_failed, reference.chain_failed, strict=True)) if a and b
             ]
-            same = f"{sum(ours.chain_failed[i] == reference.chain_failed[i] for i in both) / len(both):.1%}"
+            same_check = f"{sum(ours.chain_failed[i] == reference.chain_failed[i] for i in both) / len(both):.1%}"
         else:
             agree = agreement(ours.keep[name], reference.keep[name])
             both = [
                 i for i, (a, b) in enumerate(zip(ours.keep[name], reference.keep[name], strict=True)) if not (a or b)
             ]
-            same = "-" if name == "language" else _same_check(name, ours.reason[name], reference.reason[name], both)
+            same_check = (
+                "-" if name == "language" else _same_check(name, ours.reason[name], reference.reason[name], both)
+            )
         lines.append(
-            f"{name:<18} {mine:>11.1f} {theirs:>10.1f} {mine / theirs:>7.1f}x {agree.rate:>7.1%}"
+            f"{row} {theirs:>10.1f} {mine / theirs:>7.1f}x {agree.rate:>7.1%}"
             f" {agree.both_keep:>9} {agree.both_drop:>9} {agree.only_ours_drops:>15} {agree.only_datatrove_drops:>13}"
-            f" {same:>10}"
+            f" {same_check:>10}"
         )
-        numbers[name] = {
-            "ours_docs_per_second": mine,
-            "datatrove_docs_per_second": theirs,
-            "speed_up": mine / theirs,
-            "agreement": agree.rate,
-            "both_keep": agree.both_keep,
-            "both_drop": agree.both_drop,
-            "only_ours_drops": agree.only_ours_drops,
-            "only_datatrove_drops": agree.only_datatrove_drops,
-            "same_check_when_both_drop": same,
-        }
+        numbers[name].update(
+            datatrove_docs_per_second=theirs,
+            speed_up=mine / theirs,
+            agreement=agree.rate,
+            both_keep=agree.both_keep,
+            both_drop=agree.both_drop,
+            only_ours_drops=agree.only_ours_drops,
+            only_datatrove_drops=agree.only_datatrove_drops,
+            same_check_when_both_drop=same_check,
+        )
     return "\n".join(lines), numbers
 
 
@@ -297,6 +312,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="directory of *.warc.gz")
     parser.add_argument("--reference-python", type=Path, default=DEFAULT_REFERENCE_PYTHON)
+    parser.add_argument("--previous", default=PREVIOUS, help="git ref of the implementation to compare; 'none' skips")
     parser.add_argument("--languages", nargs="+", default=LanguageSettings().languages)
     parser.add_argument("--min-score", type=float, default=LanguageSettings().min_score)
     parser.add_argument("--repeats", type=int, default=2, help="timed passes per step and side; the best counts")
@@ -310,28 +326,32 @@ def main(argv: list[str] | None = None) -> int:
     files = sorted(str(p.resolve()) for p in args.data_dir.glob("*.warc.gz"))
     if not files:
         sys.exit(f"no WARC files in {args.data_dir}")
-    frame = extract(files, os.cpu_count() or 1)
+    frame = extract(files, len(os.sched_getaffinity(0)))
     texts = frame["text"].to_list()
     language = LanguageSettings(languages=args.languages, min_score=args.min_score)
-    ours = run_ours(texts, language, args.repeats)
-    reference = None
-    if args.reference_python.is_file():
-        with tempfile.TemporaryDirectory(prefix="filter-bench-") as scratch:
+    ours = run_ours(frame, language, args.repeats)
+    previous = reference = None
+    with tempfile.TemporaryDirectory(prefix="filter-bench-") as scratch:
+        if args.previous != "none":
+            frame.write_parquet(Path(scratch) / "documents.parquet")
+            previous = run_previous(args.previous, Path(scratch) / "documents.parquet", language, args.repeats)
+        if args.reference_python.is_file():
             documents = Path(scratch) / "documents.jsonl"
             with documents.open("w", encoding="utf-8") as out:
                 for doc_id, text in zip(frame["doc_id"], texts, strict=True):
                     out.write(json.dumps({"id": doc_id, "text": text}) + "\n")
             model = LanguageIdentifier(language).model_path
             reference = run_reference(args.reference_python, documents, language, model, args.repeats)
-    else:
-        print(f"reference python {args.reference_python} not found: timing ours only", file=sys.stderr)
+        else:
+            print(f"reference python {args.reference_python} not found: no datatrove side", file=sys.stderr)
     print(
-        f"{frame.height} documents from {len(files)} WARC files; one core per side; languages "
-        f"{' '.join(language.languages)} at score >= {language.min_score}"
+        f"{frame.height} documents from {len(files)} WARC files; one process per side, CPU time,"
+        f" best of {args.repeats}; languages {' '.join(language.languages)} at score >= {language.min_score};"
+        f" stage = chain + decontamination against {EVAL_SET.name}; previous = {args.previous}"
     )
-    text, numbers = table(ours, reference, frame.height)
+    text, numbers = table(ours, previous, reference, frame.height)
     print(text)
-    report: dict[str, Any] = {"documents": frame.height, "files": files, "steps": numbers}
+    report: dict[str, Any] = {"documents": frame.height, "files": files, "previous": args.previous, "steps": numbers}
     if reference is not None:
         text, report["details"] = details(ours, reference, frame, args.examples)
         print(text)

@@ -4,9 +4,10 @@ the UI shows their configuration."""
 from __future__ import annotations
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, PrivateAttr
 
 from resources.common.catalog import CatalogSettings, LineageCatalog
+from resources.common.executor import ExecutorKind, RaySettings, ShardMapper, disconnect, shard_mapper
 from resources.common.storage import ShardStore, StorageSettings
 from resources.ingest.sources import BatchRegistry
 
@@ -63,3 +64,46 @@ class CatalogResource(dg.ConfigurableResource):
 
     def catalog(self) -> LineageCatalog:
         return LineageCatalog(self.path, self.lock_timeout_s)
+
+
+class ExecutorResource(dg.ConfigurableResource):
+    """Where the map stages' per-shard work runs: `local` (this step's process and its pools) or
+    `ray` (tasks on the cluster at `ray_address`; see resources.common.executor). A step that uses
+    it joins the cluster before it does any work, and leaves it when the step ends."""
+
+    kind: ExecutorKind = "local"
+    ray_address: str | None = None
+    ray_connect_timeout_s: float = RaySettings().connect_timeout_s
+    ray_max_retries: int = RaySettings().max_retries
+    ray_tasks_per_cpu: int = RaySettings().tasks_per_cpu
+    _mapper: ShardMapper | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(cls, kind: ExecutorKind, ray: RaySettings) -> ExecutorResource:
+        return cls(
+            kind=kind,
+            ray_address=ray.address,
+            ray_connect_timeout_s=ray.connect_timeout_s,
+            ray_max_retries=ray.max_retries,
+            ray_tasks_per_cpu=ray.tasks_per_cpu,
+        )
+
+    def mapper(self) -> ShardMapper | None:
+        """None for local; for ray, the cluster joined on first use (an asset calls this before
+        it does any work: a cluster that does not answer fails the step there)."""
+        if self.kind == "local":
+            return None
+        if self._mapper is None:
+            ray = RaySettings(
+                address=self.ray_address,
+                connect_timeout_s=self.ray_connect_timeout_s,
+                max_retries=self.ray_max_retries,
+                tasks_per_cpu=self.ray_tasks_per_cpu,
+            )
+            self._mapper = shard_mapper(self.kind, ray)
+        return self._mapper
+
+    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
+        if self._mapper is not None:
+            disconnect()
+            self._mapper = None

@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from resources.common.automation import AutomationSettings
 from resources.common.catalog import CatalogSettings
 from resources.common.config import Section
+from resources.common.executor import ExecutorKind, RaySettings
 from resources.common.paths import PROJECT_ROOT, config_file
 from resources.common.paths import absolute as _absolute
 from resources.common.storage import StorageSettings
@@ -65,6 +66,16 @@ class Settings(Section):
         "once per run), or a process per step (isolates GPU memory between steps; loads the code per step)",
     )
     takedown: TakedownSettings = Field(default_factory=TakedownSettings)
+    shard_executor: ExecutorKind = Field(
+        default="local", description="ray: the map stages' per-shard work as Ray tasks (outputs are the same)"
+    )
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @model_validator(mode="after")
+    def _ray_needs_an_address(self) -> Settings:
+        if self.shard_executor == "ray":
+            self.ray.host_port()  # raises for a missing or malformed address
+        return self
 
     def resolved(self, base: Path = PROJECT_ROOT) -> Settings:
         """Relative local paths are taken from the project root, not the current directory."""

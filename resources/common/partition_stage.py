@@ -3,21 +3,26 @@ by shard, split each shard into kept documents and removed rows, write both, com
 
 Shards map one to one, so memory is bounded by one upstream shard, and a stage only
 differs in its `process` function. The provenance of kept and removed rows is collected on the
-way, so the lineage catalog is fed without reading the partition back.
+way, so the lineage catalog is fed without reading the partition back. With a Ray mapper
+(resources.common.executor) each shard is a task that reads, processes and writes it on a
+worker; the results come back in shard order and the manifest is committed here, as locally.
 """
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import polars as pl
 
+from resources.common.executor import Recipe, ShardMapper
 from resources.common.schemas import DOCUMENTS, PROVENANCE_COLUMNS, REMOVED, REMOVED_COLUMNS, REMOVED_SCHEMA
-from resources.common.storage import Manifest, ShardStore
+from resources.common.storage import Manifest, ShardInfo, ShardStore
 from resources.common.versioning import OutputVersion
+
+Process = Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]]
 
 
 class UpstreamMissing(RuntimeError):
@@ -53,6 +58,51 @@ def concat_or_none(frames: list[pl.DataFrame]) -> pl.DataFrame | None:
     return pl.concat(frames) if frames else None
 
 
+@dataclass
+class ShardOutput:
+    """What one upstream shard became."""
+
+    files: list[ShardInfo]
+    rows_in: int
+    removed_by_rule: Counter[str]
+    provenance: pl.DataFrame
+    removed: pl.DataFrame | None
+
+
+@dataclass(frozen=True)
+class _ShardTarget:
+    """Where a shard's outputs go, and how (the same for every shard of a partition)."""
+
+    store: ShardStore
+    asset: str
+    partition: str
+    columns: list[str] | None
+    removed_schema: dict[str, pl.DataType]
+
+
+def _process_shard(target: _ShardTarget, index: int, frame: pl.DataFrame, process: Process) -> ShardOutput:
+    kept, removed = process(frame)
+    overlap = set(kept.get_column("doc_id")).intersection(removed.get_column("doc_id"))
+    if overlap:  # a stage bug, never data: fail before anything is published
+        raise AssertionError(f"{target.asset}: {len(overlap)} documents both kept and removed")
+    store = target.store
+    files = [store.write_parquet_shard(target.asset, target.partition, index, kept, DOCUMENTS)]
+    provenance = kept.select(c for c in PROVENANCE_COLUMNS if c in kept.columns)
+    if not removed.height:
+        return ShardOutput(files, frame.height, Counter(), provenance, None)
+    files.append(
+        store.write_parquet_shard(target.asset, target.partition, index, removed.cast(target.removed_schema), REMOVED)
+    )
+    by_rule = Counter(dict(removed.group_by("rule").len().iter_rows()))
+    return ShardOutput(files, frame.height, by_rule, provenance, removed.select(REMOVED_COLUMNS))
+
+
+def _shard_task(job: tuple[int, str], target: _ShardTarget, recipe: Recipe) -> ShardOutput:
+    """One shard on a worker: read it, process it with the recipe's engine, write its outputs."""
+    index, path = job
+    return _process_shard(target, index, target.store.read_shard(path, target.columns), recipe.build())
+
+
 def run_partition_stage(
     store: ShardStore,
     version: OutputVersion,
@@ -61,31 +111,37 @@ def run_partition_stage(
     upstream: str,
     partition: str,
     run_id: str,
-    process: Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]],
+    process: Callable[[], Process],
     extra_inputs: dict[str, str] | None = None,
     columns: list[str] | None = None,
     finish: Callable[[], dict[str, pl.DataFrame]] | None = None,
     removed_schema: dict[str, pl.DataType] = REMOVED_SCHEMA,
+    mapper: ShardMapper | None = None,
 ) -> StageOutput:
-    """`process(shard) -> (kept, removed)`, called on the shards in order (so it may carry state
-    from one shard to the next); `removed` follows `removed_schema`. `finish()` may return further
-    tables (e.g. a dedup index segment) to publish with the partition."""
+    """`process()` builds the stage's `(shard) -> (kept, removed)`; it is called on the shards in
+    order (so it may carry state from one shard to the next); `removed` follows `removed_schema`.
+    With a `mapper`, `process` must be picklable (a functools.partial of a module-level function)
+    and stateless across shards: each worker builds it once. `finish()` may return further tables
+    (e.g. a dedup index segment) to publish with the partition."""
     started = time.perf_counter()
     source = upstream_manifest(store, upstream, partition)
+    target = _ShardTarget(store, asset, partition, columns, removed_schema)
+    if mapper is None:
+        engine = process()
+        frames = enumerate(store.iter_frames(source, columns))
+        outputs: Iterable[ShardOutput] = (_process_shard(target, i, frame, engine) for i, frame in frames)
+    else:
+        jobs = list(enumerate(store.shard_paths(source)))
+        outputs = mapper.map(_shard_task, jobs, target, Recipe.of(process))
     files, rows_in, by_rule = [], 0, Counter()
     provenance, why = [], []
-    for index, frame in enumerate(store.iter_frames(source, columns)):
-        rows_in += frame.height
-        kept, removed = process(frame)
-        overlap = set(kept.get_column("doc_id")).intersection(removed.get_column("doc_id"))
-        if overlap:  # a stage bug, never data: fail before anything is published
-            raise AssertionError(f"{asset}: {len(overlap)} documents both kept and removed")
-        files.append(store.write_parquet_shard(asset, partition, index, kept, DOCUMENTS))
-        provenance.append(kept.select(c for c in PROVENANCE_COLUMNS if c in kept.columns))
-        if removed.height:
-            files.append(store.write_parquet_shard(asset, partition, index, removed.cast(removed_schema), REMOVED))
-            by_rule.update(dict(removed.group_by("rule").len().iter_rows()))
-            why.append(removed.select(REMOVED_COLUMNS))
+    for output in outputs:
+        files += output.files
+        rows_in += output.rows_in
+        by_rule.update(output.removed_by_rule)
+        provenance.append(output.provenance)
+        if output.removed is not None:
+            why.append(output.removed)
     for table, frame in (finish() if finish else {}).items():
         files.append(store.write_parquet_shard(asset, partition, 0, frame, table))
     manifest = store.commit(

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from resources.common.executor import ShardMapper
 from resources.common.schemas import removed_rows
 from resources.dedup.index import IndexSegment, band_column, segment_schema
 from resources.dedup.minhash import Sketches, similarity, sketch
@@ -96,12 +97,13 @@ class NearDedup:
     """The engine: `dedup_partition(frames, earlier)` for each partition, in any order of runs.
 
     Owns the helper processes that compute signatures beside this one (started by the first
-    partition of more than one batch); use it as a context manager, or `close()` it, to stop them."""
+    partition of more than one batch), or sketches as tasks of `mapper` (Ray); use it as a context
+    manager, or `close()` it, to stop the helpers."""
 
-    def __init__(self, settings: DedupSettings | None = None) -> None:
+    def __init__(self, settings: DedupSettings | None = None, mapper: ShardMapper | None = None) -> None:
         self.settings = settings or DedupSettings()
         self.spec = self.settings.spec
-        self._sketcher = Sketcher(self.spec, self.settings.workers or os.cpu_count() or 1)
+        self._sketcher = Sketcher(self.spec, self.settings.workers or os.cpu_count() or 1, mapper)
 
     def __enter__(self) -> NearDedup:
         return self

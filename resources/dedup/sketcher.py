@@ -1,4 +1,5 @@
-"""MinHash signatures of a partition's texts, computed by this process and a few helper processes."""
+"""MinHash signatures of a partition's texts, computed by this process and a few helper processes,
+or as tasks of a Ray cluster (resources.common.executor)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from multiprocessing import get_context
 
 import polars as pl
 
+from resources.common.executor import ShardMapper
 from resources.dedup.minhash import Sketches, SketchSpec, sketch
 
 
@@ -21,12 +23,15 @@ class Sketcher:
     for them. Helpers start with the first partition of more than one batch and live until
     `close()`; a dead helper raises BrokenProcessPool instead of hanging."""
 
-    def __init__(self, spec: SketchSpec, workers: int) -> None:
-        self.spec, self.workers = spec, workers
+    def __init__(self, spec: SketchSpec, workers: int, mapper: ShardMapper | None = None) -> None:
+        self.spec, self.workers, self.mapper = spec, workers, mapper
         self._pool: ProcessPoolExecutor | None = None
         self._ready: Future[Sketches] | None = None
 
     def map(self, batches: Iterator[pl.Series]) -> Iterator[Sketches]:
+        if self.mapper is not None:
+            yield from self.mapper.map(sketch, batches, self.spec)
+            return
         head = list(islice(batches, 2))
         if self.workers <= 1 or len(head) < 2:
             yield from (sketch(batch, self.spec) for batch in chain(head, batches))

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import polars as pl
 from pydantic import Field
 
 from resources.common.config import Section
+from resources.common.model_store import fetch_model
+from resources.common.partition_stage import Process
 from resources.common.schemas import removed_rows
 from resources.common.storage import ShardStore
 from resources.common.versioning import file_digest
@@ -30,6 +32,9 @@ from resources.filter.quality_classifier import (
     reference_documents,
     train_classifier,
 )
+
+if TYPE_CHECKING:
+    from resources.lineage.takedown import TakedownFilter
 
 STAGE = "filter"
 QUALITY_STAGE = "quality"
@@ -129,6 +134,22 @@ class DocumentFilter:
         kept = judged.filter(pl.col("_rule").is_null()).drop("_rule", "_detail")
         dropped = judged.filter(pl.col("_rule").is_not_null())
         return kept, removed_rows(dropped, STAGE, pl.col("_rule"), pl.col("_detail"))
+
+
+def document_filter(
+    settings: FilterSettings, decontamination: DecontaminationSettings, takedowns: TakedownFilter | None = None
+) -> Process:
+    """The filter stage's shard function, after the recorded takedowns when given;
+    `functools.partial(document_filter, ...)` is its picklable recipe (a Ray worker builds it once)."""
+    process = DocumentFilter.build(settings, decontamination).process
+    return takedowns.then(process) if takedowns is not None else process
+
+
+def quality_filter(store: ShardStore, classifier_asset: str, settings: QualitySettings) -> Process:
+    """The scoring stage's shard function, with the classifier fetched from the store (so a
+    Ray worker on another machine finds it)."""
+    path, _ = fetch_model(store, classifier_asset)
+    return QualityFilter.load(path, settings).process
 
 
 def crawl_sample(store: ShardStore, asset: str, per_partition: int) -> tuple[list[str], dict[str, str]]:

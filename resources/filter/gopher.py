@@ -16,7 +16,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from resources.filter.rules import Failure, Finding, Rule, RuleSettings, above, below, fmt
-from resources.filter.text_units import SENTENCE_TERMINALS, DocView, NGramKeys, duplicates
+from resources.filter.text_units import SENTENCE_TERMINALS, DocView, duplicates
 
 # Gopher's "symbol" characters: a word made only of these is not counted as a word.
 # datatrove's set (ASCII and CJK punctuation, control characters, sentence terminals).
@@ -50,9 +50,9 @@ _PARAGRAPH_BREAK = re.compile(r"\n{2,}")
 class GopherRepetition(Rule):
     """Drops documents made of repeated lines, paragraphs or n-grams (boilerplate, spam).
 
-    Fractions of characters are taken over the whole text, as in datatrove. The duplicate n-gram
-    scan (sequential by definition) only visits positions whose shortest checked n-gram occurs
-    twice: a longer n-gram can only repeat where its prefix does, and most positions hold a unique one.
+    Fractions of characters are taken over the whole text, as in datatrove. The n-gram measures
+    come from a compiled kernel (`resources.filter.ngram_repetition`, imported when a rule is
+    built: numba takes a second to import, and the settings import this module).
     """
 
     name = "gopher_repetition"
@@ -62,6 +62,11 @@ class GopherRepetition(Rule):
         self.settings = settings or GopherRepetitionSettings()
         self._top = sorted(self.settings.top_n_grams.items())
         self._dup = sorted(self.settings.dup_n_grams.items())
+        self._top_sizes = np.array([n for n, _ in self._top], dtype=np.int64)
+        self._dup_sizes = np.array([n for n, _ in self._dup], dtype=np.int64)
+        from resources.filter.ngram_repetition import repetition
+
+        self._repetition = repetition
 
     def check(self, doc: DocView) -> Finding | None:
         s, text = self.settings, doc.text
@@ -89,58 +94,17 @@ class GopherRepetition(Rule):
         words = doc.words
         if not words:
             return None
-        keys = NGramKeys(np.fromiter(map(hash, words), dtype=np.int64, count=len(words)).view(np.uint64))
-        offsets = np.zeros(len(words) + 1, dtype=np.int64)  # offsets[i]: characters in words[:i]
-        np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=len(words)), out=offsets[1:])
-        for n, limit in self._top:
-            if len(words) < n:
-                continue
-            top, start = _top_count(keys[n])
-            gram_chars = int(offsets[start + n] - offsets[start]) + n - 1  # joined by spaces
-            if found := above(f"top_{n}_gram", f"top_{n}_gram_char_frac", gram_chars * top / chars, limit):
+        joined = np.frombuffer(" ".join(words).encode(), dtype=np.uint8)  # no word holds a space
+        top, dup = self._repetition(joined, self._top_sizes, self._dup_sizes)
+        for (n, limit), gram_chars in zip(self._top, top.tolist(), strict=True):
+            if gram_chars < 0:
+                break  # fewer than n words
+            if found := above(f"top_{n}_gram", f"top_{n}_gram_char_frac", gram_chars / chars, limit):
                 return found
-        if not self._dup or len(words) < self._dup[0][0]:
-            return None
-        shortest = keys[self._dup[0][0]]
-        ordered = np.sort(shortest)
-        repeated_keys = ordered[1:][ordered[1:] == ordered[:-1]]
-        repeated_at = np.flatnonzero(np.isin(shortest, repeated_keys))
-        for n, limit in self._dup:
-            within = repeated_at[repeated_at <= len(words) - n]
-            repeated = _repeated_ngram_chars(n, within.tolist(), keys[n][within].tolist(), offsets)
+        for (n, limit), repeated in zip(self._dup, dup.tolist(), strict=True):
             if found := above(f"duplicated_{n}_n_grams", f"dup_{n}_gram_char_frac", repeated / chars, limit):
                 return found
         return None
-
-
-def _top_count(keys: np.ndarray) -> tuple[int, int]:
-    """(the highest count of any key, the first position holding a key with that count): the
-    n-gram datatrove's Counter.most_common(1) picks, without a stable argsort."""
-    ordered = np.sort(keys)
-    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
-    counts = np.diff(starts, append=len(ordered))
-    top = int(counts.max())
-    if top == 1:
-        return 1, 0
-    return top, int(np.argmax(np.isin(keys, ordered[starts[counts == top]])))
-
-
-def _repeated_ngram_chars(n: int, positions: list[int], keys: list[int], offsets: np.ndarray) -> int:
-    """Characters in n-grams that repeat an earlier one, scanning left to right and jumping
-    past each repeat (Gopher's definition, as datatrove counts it). Only `positions` (with
-    their n-gram keys) can hit or be jumped over: every other position holds an n-gram
-    that occurs once in the document."""
-    seen: set[int] = set()
-    repeated, free_from = 0, 0
-    for i, key in zip(positions, keys, strict=True):
-        if i < free_from:
-            continue
-        if key in seen:
-            repeated += int(offsets[i + n] - offsets[i])
-            free_from = i + n
-        else:
-            seen.add(key)
-    return repeated
 
 
 class GopherQualitySettings(RuleSettings):
@@ -180,6 +144,11 @@ class GopherQuality(Rule):
         n_words = len(doc.words)
         counted = counted_chars = alpha = 0
         for word, count in doc.word_counts.items():
+            if word.isalpha():  # most words: counted (no Gopher symbol is a letter) and alphabetic
+                counted += count
+                counted_chars += count * len(word)
+                alpha += count
+                continue
             if word.strip(GOPHER_SYMBOLS):
                 counted += count
                 counted_chars += count * len(word)

@@ -9,6 +9,7 @@ batches in flight, never by the size of the crawl.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import threading
 import time
@@ -25,6 +26,7 @@ import fsspec
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from resources.common.executor import ShardMapper
 from resources.common.partition_stage import concat_or_none
 from resources.common.schemas import DOCUMENT_SCHEMA, PROVENANCE_COLUMNS
 from resources.common.storage import ShardInfo
@@ -86,8 +88,10 @@ def ingest_files(
     crawl: str | None = None,
     storage_options: dict[str, object] | None = None,
     log: Callable[[str], None] = lambda message: None,
+    mapper: ShardMapper | None = None,
 ) -> IngestResult:
-    """Read every file of one crawl batch and write its documents as shards."""
+    """Read every file of one crawl batch and write its documents as shards; pages are extracted
+    in `settings.workers` processes, or as Ray tasks with a `mapper`."""
     started = time.perf_counter()
     read = ReadStats()
     skips: Counter[str] = Counter()
@@ -113,7 +117,7 @@ def ingest_files(
         min_text_chars=settings.min_text_chars,
         timeout_s=settings.doc_timeout_s,
     )
-    for page, result in _extract(pages, options, settings.workers or os.cpu_count() or 1):
+    for page, result in _extract(pages, options, settings.workers or os.cpu_count() or 1, mapper):
         if result.skip:
             skips[result.skip] += 1
             continue
@@ -193,20 +197,27 @@ def _batches(pages: Iterator[RawPage]) -> Iterator[list[RawPage]]:
         yield batch
 
 
-def _extract(pages: Iterator[RawPage], options: ExtractOptions, workers: int) -> Iterator[tuple[RawPage, Extracted]]:
-    """Results in input order; at most 2 batches per worker in flight bound the memory."""
+def _payloads(batch: list[RawPage]) -> list[tuple[bytes, str | None, str, str]]:
+    return [(p.payload, p.charset, p.record_type, p.url) for p in batch]
 
-    def payloads(batch: list[RawPage]) -> list[tuple[bytes, str | None, str, str]]:
-        return [(p.payload, p.charset, p.record_type, p.url) for p in batch]
 
+def _extract(
+    pages: Iterator[RawPage], options: ExtractOptions, workers: int, mapper: ShardMapper | None = None
+) -> Iterator[tuple[RawPage, Extracted]]:
+    """Results in input order; at most 2 batches per worker (or per Ray CPU) in flight bound the memory."""
+    if mapper is not None:
+        batches, sent = itertools.tee(_batches(pages))  # tee holds only the batches in flight
+        for batch, results in zip(batches, mapper.map(extract_batch, map(_payloads, sent), options), strict=True):
+            yield from zip(batch, results, strict=True)
+        return
     if workers <= 1:
         for batch in _batches(pages):
-            yield from zip(batch, extract_batch(payloads(batch), options), strict=True)
+            yield from zip(batch, extract_batch(_payloads(batch), options), strict=True)
         return
     in_flight: deque[tuple[list[RawPage], Future[list[Extracted]]]] = deque()
     with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         for batch in _batches(pages):
-            in_flight.append((batch, pool.submit(extract_batch, payloads(batch), options)))
+            in_flight.append((batch, pool.submit(extract_batch, _payloads(batch), options)))
             if len(in_flight) >= 2 * workers:
                 done, future = in_flight.popleft()
                 yield from zip(done, future.result(), strict=True)

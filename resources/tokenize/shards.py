@@ -53,7 +53,8 @@ import hashlib
 import itertools
 import posixpath
 import time
-from collections.abc import Iterable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -63,6 +64,7 @@ import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 from tokenizers import Encoding, Tokenizer
 
+from resources.common.executor import Recipe, ShardMapper
 from resources.common.schemas import TOKEN_INDEX, TOKEN_INDEX_SCHEMA, TOKENS, TRAIN, VALIDATION
 from resources.common.storage import ShardInfo, ShardStore, sha256_bytes
 from resources.tokenize.tokenizer import TrainedTokenizer
@@ -141,10 +143,11 @@ class TokenEncoder:
         self._tokenizer.no_padding()
         self._tokenizer.encode_special_tokens = True
 
-    def encode_frames(self, frames: Iterable[pl.DataFrame]) -> Iterator[TokenChunk]:
-        """One chunk per frame, in order, numbered by position; encoding runs one batch ahead."""
+    def encode_frames(self, frames: Iterable[pl.DataFrame], first: int = 0) -> Iterator[TokenChunk]:
+        """One chunk per frame, in order, numbered by position from `first`; encoding runs one
+        batch ahead."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as pool:
-            for shard, frame in enumerate(frames):
+            for shard, frame in enumerate(frames, first):
                 yield self._encode_frame(shard, frame, pool)
 
     def _encode_frame(self, shard: int, frame: pl.DataFrame, pool: ThreadPoolExecutor) -> TokenChunk:
@@ -273,6 +276,34 @@ class TokenShardsResult:
         return self.tokens / self.seconds if self.seconds else 0.0
 
 
+_COUNTS = ("documents", "tokens", "prefix_tokens", "validation_documents", "validation_tokens")
+
+
+def _write_chunk(
+    store: ShardStore, asset: str, partition: str | None, chunk: TokenChunk
+) -> tuple[list[ShardInfo], Counter[str]]:
+    """A chunk's token file and index (nothing for an empty input shard), and its counts."""
+    if not chunk.documents:
+        return [], Counter()
+    data = chunk.tokens.tobytes()
+    digest = sha256_bytes(data)
+    name = f"{TOKENS}-{chunk.shard:05d}-{digest[:16]}.bin"
+    store.write_bytes(posixpath.join(store.partition_dir(asset, partition), name), data)
+    files = [
+        ShardInfo(path=name, rows=chunk.tokens.size, bytes=len(data), sha256=digest, table=TOKENS),
+        store.write_parquet_shard(asset, partition, chunk.shard, chunk.index, TOKEN_INDEX),
+    ]
+    validation = chunk.index.filter(pl.col("split") == VALIDATION)
+    counts = Counter(
+        documents=chunk.documents,
+        tokens=chunk.tokens.size,
+        prefix_tokens=int(chunk.index.get_column("prefix_length").sum()),
+        validation_documents=validation.height,
+        validation_tokens=int((validation.get_column("length") + 1).sum()),
+    )
+    return files, counts
+
+
 def tokenize_partition(
     store: ShardStore,
     asset: str,
@@ -284,26 +315,61 @@ def tokenize_partition(
     """Encode a partition's document frames and write its token shards (not the manifest: the
     caller commits `Manifest(files=result.files, stats=result.stats, ...)`)."""
     started = time.perf_counter()
-    directory = store.partition_dir(asset, partition)
+    written = (_write_chunk(store, asset, partition, chunk) for chunk in encode_partition(frames, tokenizer, settings))
+    return _result(written, tokenizer, settings, started)
+
+
+def token_encoder(store: ShardStore, tokenizer_asset: str, settings: TokenShardSettings) -> TokenEncoder:
+    """An encoder with the tokenizer published by `tokenizer_asset` (fetched from the store, so
+    a Ray worker on another machine finds it); a recipe for `tokenize_partition_on`."""
+    from resources.common.model_store import fetch_model
+    from resources.tokenize.tokenizer import load_tokenizer
+
+    directory, _ = fetch_model(store, tokenizer_asset)
+    return TokenEncoder(load_tokenizer(directory), settings)
+
+
+def _tokenize_task(
+    job: tuple[int, str], store: ShardStore, target: tuple[str, str | None, list[str]], encoder: Recipe
+) -> tuple[list[ShardInfo], Counter[str]]:
+    """One input shard on a worker: read, encode (shard number = its position), write."""
+    (index, path), (asset, partition, columns) = job, target
+    frame = store.read_shard(path, columns)
+    return _write_chunk(store, asset, partition, next(encoder.build().encode_frames([frame], first=index)))
+
+
+def tokenize_partition_on(
+    mapper: ShardMapper,
+    store: ShardStore,
+    asset: str,
+    partition: str | None,
+    shard_paths: list[str],
+    columns: list[str],
+    encoder: Callable[[], TokenEncoder],
+    tokenizer: TrainedTokenizer,
+    settings: TokenShardSettings,
+) -> TokenShardsResult:
+    """`tokenize_partition` with every input shard a task of `mapper` (Ray): the same files.
+    `encoder` is a picklable factory (functools.partial of `token_encoder`)."""
+    started = time.perf_counter()
+    jobs = list(enumerate(shard_paths))
+    written = mapper.map(_tokenize_task, jobs, store, (asset, partition, columns), Recipe.of(encoder))
+    return _result(written, tokenizer, settings, started)
+
+
+def _result(
+    written: Iterable[tuple[list[ShardInfo], Counter[str]]],
+    tokenizer: TrainedTokenizer,
+    settings: TokenShardSettings,
+    started: float,
+) -> TokenShardsResult:
     files: list[ShardInfo] = []
-    counts = dict.fromkeys(("documents", "tokens", "prefix_tokens", "validation_documents", "validation_tokens"), 0)
-    for chunk in encode_partition(frames, tokenizer, settings):
-        if not chunk.documents:
-            continue
-        data = chunk.tokens.tobytes()
-        digest = sha256_bytes(data)
-        name = f"{TOKENS}-{chunk.shard:05d}-{digest[:16]}.bin"
-        store.write_bytes(posixpath.join(directory, name), data)
-        files.append(ShardInfo(path=name, rows=chunk.tokens.size, bytes=len(data), sha256=digest, table=TOKENS))
-        files.append(store.write_parquet_shard(asset, partition, chunk.shard, chunk.index, TOKEN_INDEX))
-        validation = chunk.index.filter(pl.col("split") == VALIDATION)
-        counts["documents"] += chunk.documents
-        counts["tokens"] += chunk.tokens.size
-        counts["prefix_tokens"] += int(chunk.index.get_column("prefix_length").sum())
-        counts["validation_documents"] += validation.height
-        counts["validation_tokens"] += int((validation.get_column("length") + 1).sum())
+    counts = Counter(dict.fromkeys(_COUNTS, 0))
+    for shard_files, shard_counts in written:
+        files += shard_files
+        counts.update(shard_counts)
     stats = {
-        **counts,
+        **{key: counts[key] for key in _COUNTS},
         "dtype": shard_dtype(tokenizer.vocab_size).name,
         "vocab_size": tokenizer.vocab_size,
         "eos_id": tokenizer.eos_id,

@@ -17,7 +17,13 @@ from pydantic import ValidationError
 from resources.common.storage import ShardInfo
 from resources.filter.c4 import C4Lines, C4Settings
 from resources.filter.fineweb import FineWebQuality, FineWebSettings
-from resources.filter.gopher import GopherQuality, GopherQualitySettings, GopherRepetition, GopherRepetitionSettings
+from resources.filter.gopher import (
+    GOPHER_SYMBOLS,
+    GopherQuality,
+    GopherQualitySettings,
+    GopherRepetition,
+    GopherRepetitionSettings,
+)
 from resources.filter.heuristics import HeuristicFilter, HeuristicSettings
 from resources.filter.rules import Failure
 from resources.filter.text_units import DocView, count_sentences, split_words
@@ -188,7 +194,7 @@ def _plain_repetition(text: str, words: list[str]) -> dict[str, float]:
 
 
 def test_repetition_measures_equal_the_definitions_on_real_pages(sample_texts: list[str]) -> None:
-    """Hashed n-gram keys and the candidate-only duplicate scan change nothing: every measure,
+    """The compiled n-gram counts (hashed keys, one table pass per size) change nothing: every measure,
     forced into the detail by a limit of -1, equals the plain computation."""
     checked = 0
     for text in sample_texts[:40]:
@@ -266,6 +272,12 @@ def test_quality_checks_fire(text: str, checks: dict[str, object], key: str, det
     failure = quality(text, **checks)
     assert failure is not None and failure[:2] == ("gopher_quality", "gopher_" + key)
     assert failure.detail.startswith(detail)
+
+
+def test_no_gopher_symbol_is_a_letter() -> None:
+    """The quality rule counts letter-only words without stripping Gopher symbols from them:
+    correct only while no symbol is a letter."""
+    assert not any(char.isalpha() for char in GOPHER_SYMBOLS)
 
 
 def test_quality_keeps_prose_with_all_defaults() -> None:
