@@ -128,6 +128,8 @@ SYNTHETIC_COLUMNS: list[str] = ["doc_id", *SYNTHETIC_LINEAGE_COLUMNS]
 # `lookup` is sorted again when its unsorted tail is this long and a quarter of the sorted part:
 # a lookup scans the tail whole (about 10 ms per million rows).
 COMPACT_MIN_TAIL = 1_000_000
+# Catalog files this process has brought up to date (schema, queued records) once.
+_UP_TO_DATE: set[str] = set()
 
 
 def _key_columns(table: str) -> str:
@@ -187,11 +189,13 @@ class LineageCatalog:
         """A connection, once DuckDB's file lock is free; `CatalogLocked` after `lock_timeout_s`.
         A write connection (or the first one, which creates the file) first brings the schema up
         to date and applies what earlier writers queued."""
+        read_only = read_only and self.path in _UP_TO_DATE  # a reader's first use may migrate the schema
         writes = not (read_only and os.path.exists(self.path))
         with open_catalog(self.path, read_only, self.lock_timeout_s) as con:
             if writes:
                 ensure_schema(con)
                 self._apply_pending(con)
+                _UP_TO_DATE.add(self.path)
             yield con
 
     # -- recording ---------------------------------------------------------------------
