@@ -72,9 +72,10 @@ def run_stage(
     keep_rate_bounds: tuple[float, float],
     extra_inputs: dict[str, str] | None = None,
     columns: list[str] | None = None,
-    finish: Callable[[], dict[str, pl.DataFrame]] | None = None,
+    finish: Callable[[], dict[str, Iterable[pl.DataFrame]]] | None = None,
     metadata: dict[str, object] | None = None,
     check_results: Callable[[StageOutput], list[dg.AssetCheckResult]] | None = None,
+    stats: dict[str, object] | None = None,
 ) -> dg.MaterializeResult:
     """A per-crawl-batch stage after ingest: `process(shard) -> (kept, removed)` over the upstream
     partition, committed, recorded in the catalog and reported; `check_results(output)` adds the
@@ -92,6 +93,7 @@ def run_stage(
         extra_inputs=extra_inputs,
         columns=columns,
         finish=finish,
+        stats=stats,
     )
     checks = check_results(output) if check_results else None
     return stage_result(store, catalog.catalog(), output, keep_rate_bounds, metadata, checks)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -64,12 +64,14 @@ def run_partition_stage(
     process: Callable[[pl.DataFrame], tuple[pl.DataFrame, pl.DataFrame]],
     extra_inputs: dict[str, str] | None = None,
     columns: list[str] | None = None,
-    finish: Callable[[], dict[str, pl.DataFrame]] | None = None,
+    finish: Callable[[], dict[str, Iterable[pl.DataFrame]]] | None = None,
     removed_schema: dict[str, pl.DataType] = REMOVED_SCHEMA,
+    stats: dict[str, object] | None = None,
 ) -> StageOutput:
     """`process(shard) -> (kept, removed)`, called on the shards in order (so it may carry state
     from one shard to the next); `removed` follows `removed_schema`. `finish()` may return further
-    tables (e.g. a dedup index segment) to publish with the partition."""
+    tables, one shard per frame (e.g. a dedup index segment), to publish with the partition;
+    `stats` join the manifest's."""
     started = time.perf_counter()
     source = upstream_manifest(store, upstream, partition)
     files, rows_in, by_rule = [], 0, Counter()
@@ -86,8 +88,8 @@ def run_partition_stage(
             files.append(store.write_parquet_shard(asset, partition, index, removed.cast(removed_schema), REMOVED))
             by_rule.update(dict(removed.group_by("rule").len().iter_rows()))
             why.append(removed.select(REMOVED_COLUMNS))
-    for table, frame in (finish() if finish else {}).items():
-        files.append(store.write_parquet_shard(asset, partition, 0, frame, table))
+    for table, frames in (finish() if finish else {}).items():
+        files += [store.write_parquet_shard(asset, partition, i, frame, table) for i, frame in enumerate(frames)]
     manifest = store.commit(
         version.manifest(
             asset,
@@ -95,7 +97,7 @@ def run_partition_stage(
             run_id,
             files,
             inputs={f"{upstream}[{partition}]": source.data_version, **(extra_inputs or {})},
-            stats={"rows_in": rows_in, "removed_by_rule": dict(by_rule)},
+            stats={"rows_in": rows_in, "removed_by_rule": dict(by_rule), **(stats or {})},
         )
     )
     return StageOutput(
