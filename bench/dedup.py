@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import re
 import subprocess
@@ -63,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from resources.common.cpus import available_cpus  # noqa: E402
 from resources.common.schemas import doc_id_of  # noqa: E402
 from resources.common.storage import Manifest, ShardInfo, ShardStore  # noqa: E402
 from resources.dedup.engine import NearDedup  # noqa: E402
@@ -395,7 +395,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or available_cpus()
     corpus = build_corpus(args.docs, args.copy_share, args.rates, args.seed, workers)
     print(
         f"corpus: {corpus.frame.height} documents, {corpus.megabytes:.1f} MB ({corpus.real} real, the rest"
