@@ -195,6 +195,11 @@ class ShardStore:
             return None
         return Manifest.from_json(self.read_bytes(path).decode())
 
+    def partition_keys(self, asset: str) -> list[str]:
+        """The partitions of an asset that have a manifest, from one listing (no manifest read)."""
+        paths = self.fs.glob(self.path(asset, "*", MANIFEST_NAME))
+        return sorted(posixpath.basename(posixpath.dirname(path)) for path in paths)
+
     def iter_manifests(self, asset: str | None = None) -> Iterator[Manifest]:
         pattern = self.path(asset or "*", "*", MANIFEST_NAME)
         for path in sorted(self.fs.glob(pattern)):
