@@ -77,6 +77,7 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
                     "earlier_batches": earlier.batches,
                     "deduplicated_after": earlier.previous or "",
                     **{k: v for k, v in result.stats.items() if k != "seconds"},
+                    "dedup_seconds": result.stats["seconds"],  # sketching and matching; `seconds` is the split
                 },
                 check_results=idempotent,
             )
