@@ -40,7 +40,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,9 +213,15 @@ class Ledger:
     sizes: dict[int, dict[str, float]] = field(default_factory=dict)  # documents -> wall and CPU so far
     dagster: list[float] = field(default_factory=list)  # wall seconds of a no-op asset partition
 
-    def totals(self, asset: str, batches: int) -> tuple[float, float, int]:
+    def totals(self, asset: str, batches: int) -> tuple[float, float, float, int]:
+        """Wall, CPU and engine seconds and documents of a stage over the first `batches` batches."""
         chosen = [s for s in self.steps if s.asset == asset and s.batch < batches]
-        return sum(s.wall for s in chosen), sum(s.cpu for s in chosen), sum(s.documents for s in chosen)
+        return (
+            sum(s.wall for s in chosen),
+            sum(s.cpu for s in chosen),
+            sum(s.engine for s in chosen),
+            sum(s.documents for s in chosen),
+        )
 
 
 def step_numbers(instance: dg.DagsterInstance, asset: str, key: str) -> tuple[int, float]:
@@ -251,7 +257,8 @@ def bench_settings(workdir: Path, shard_rows: int, documents_in_memory: int) -> 
     return Settings.model_validate(raw).resolved()
 
 
-def run(args: argparse.Namespace) -> Ledger:
+def run(args: argparse.Namespace, checkpoint: Callable[[Ledger], None]) -> Ledger:
+    """The growing corpus through the chain; `checkpoint(ledger)` at each size and at the end."""
     import dagster as dg
 
     from assets.partitions import crawl_batches
@@ -315,6 +322,7 @@ def run(args: argparse.Namespace) -> Ledger:
             if target in args.sizes:
                 ledger.sizes[documents] = {"chain_wall": chain_wall, "batches": batches}
                 print(f"{documents:,} documents, {batches} batches: chain {chain_wall:,.0f} s wall", flush=True)
+            checkpoint(ledger)
     finally:
         meter.close()
         instance.dispose()
@@ -336,21 +344,20 @@ def report(ledger: Ledger, args: argparse.Namespace) -> str:
     batches = {n: int(ledger.sizes[n]["batches"]) for n in sizes}
     last = max(s.batch for s in ledger.steps)
     header = ["stage", "docs/s wall", "docs/CPU-s", "peak RSS MB", "s outside engine"]
-    header += [f"k {a:,}->{b:,} (wall, CPU)" for a, b in itertools.pairwise(sizes)]
-    header += ["first batch s", "added batch s", "added/first"]
+    header += [f"k {a:,}->{b:,} wall/CPU/engine" for a, b in itertools.pairwise(sizes)]
+    header += ["first batch s", "last batch s", "last/first"]
     rows = []
     for asset in PER_BATCH:
-        wall, cpu, docs = ledger.totals(asset, batches[sizes[-1]])
+        wall, cpu, _, docs = ledger.totals(asset, batches[sizes[-1]])
         steps = [s for s in ledger.steps if s.asset == asset and s.batch < batches[sizes[-1]]]
         first = next(s for s in ledger.steps if s.asset == asset and s.batch == 0)
-        added = next(s for s in ledger.steps if s.asset == asset and s.batch == last)
+        final = next(s for s in ledger.steps if s.asset == asset and s.batch == last)
         row = [asset, f"{docs / wall:,.0f}", f"{docs / cpu:,.0f}", f"{max(s.rss for s in steps) / 2**20:,.0f}"]
         row.append(f"{sum(s.wall - s.engine for s in steps) / len(steps):.2f}")
         for a, b in itertools.pairwise(sizes):
-            wa, ca, _ = ledger.totals(asset, batches[a])
-            wb, cb, _ = ledger.totals(asset, batches[b])
-            row.append(f"{exponent(wa, wb, a, b):.3f}, {exponent(ca, cb, a, b):.3f}")
-        row += [f"{first.wall:.2f}", f"{added.wall:.2f}", f"{added.wall / first.wall:.2f}"]
+            small, large = ledger.totals(asset, batches[a]), ledger.totals(asset, batches[b])
+            row.append("/".join(f"{exponent(x, y, a, b):.2f}" for x, y in zip(small[:3], large[:3], strict=True)))
+        row += [f"{first.wall:.2f}", f"{final.wall:.2f}", f"{final.wall / first.wall:.2f}"]
         rows.append(row)
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(str(c).rjust(w) for c, w in zip(r, widths, strict=True)) for r in [header, *rows]]
@@ -358,7 +365,9 @@ def report(ledger: Ledger, args: argparse.Namespace) -> str:
     noop = sorted(ledger.dagster)
     lines.append(
         f"s outside engine: run wall time minus the engine's seconds (Dagster, catalog writes, model loading); "
-        f"Dagster alone (a no-op asset partition, materialized the same way): median {noop[len(noop) // 2]:.2f} s"
+        f"Dagster alone (a no-op asset partition, materialized the same way): median {noop[len(noop) // 2]:.2f} s. "
+        "k: growth exponent of the stage's total time between two sizes (time ~ documents**k). Last batch: the "
+        "one added after the largest size, once the run gets there."
     )
     for name, numbers in ledger.models.items():
         lines.append(
@@ -399,20 +408,15 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    ledger = run(args)
-    print(report(ledger, args))
-    if args.json:
-        args.json.write_text(
-            json.dumps(
-                {
-                    "args": vars(args) | {"json": str(args.json)},
-                    "steps": [vars(s) for s in ledger.steps],
-                    "models": ledger.models,
-                    "sizes": ledger.sizes,
-                },
-                indent=1,
-            )
-        )
+
+    def checkpoint(ledger: Ledger) -> None:
+        if len(ledger.sizes) >= 1:
+            print(report(ledger, args), flush=True)
+        if args.json:
+            body = {"args": vars(args) | {"json": str(args.json)}, "steps": [vars(s) for s in ledger.steps]}
+            args.json.write_text(json.dumps(body | {"models": ledger.models, "sizes": ledger.sizes}, indent=1))
+
+    run(args, checkpoint)
     return 0
 
 
