@@ -112,9 +112,10 @@ def run_stage(
     executor: ExecutorResource | None = None,
     extra_inputs: dict[str, str] | None = None,
     columns: list[str] | None = None,
-    finish: Callable[[], dict[str, pl.DataFrame]] | None = None,
+    finish: Callable[[], dict[str, Iterable[pl.DataFrame]]] | None = None,
     metadata: dict[str, object] | None = None,
     check_results: Callable[[StageOutput], list[dg.AssetCheckResult]] | None = None,
+    stats: dict[str, object] | None = None,
 ) -> dg.MaterializeResult:
     """A per-crawl-batch stage after ingest: `process()` builds `(shard) -> (kept, removed)`, run
     over the upstream partition (as Ray tasks when `executor` says so, see run_partition_stage),
@@ -134,6 +135,7 @@ def run_stage(
             columns=columns,
             finish=finish,
             mapper=executor.mapper() if executor else None,
+            stats=stats,
         )
         checks = check_results(output) if check_results else None
         return stage_result(context, store, catalog.catalog(), output, keep_rate_bounds, metadata, checks)

@@ -1,6 +1,7 @@
 """Deduplication: exact and MinHash near duplicates, incremental across crawl batches."""
 
 import dagster as dg
+import polars as pl
 
 from assets.commit import run_stage, stage_check_specs, target
 from assets.filter import SCORED
@@ -8,19 +9,13 @@ from assets.partitions import crawl_batches
 from resources.common.partition_stage import StageOutput, upstream_manifest
 from resources.common.versioning import OutputVersion
 from resources.dedup.engine import NearDedup
-from resources.dedup.index import (
-    INDEX,
-    EarlierBatchNotDeduplicated,
-    earlier_index_version,
-    earlier_segments,
-    index_input,
-)
+from resources.dedup.index import CHAIN, INDEX, DedupIndex, EarlierBatchNotDeduplicated
 from resources.dedup.settings import DedupStageSettings
 from resources.resources import CatalogResource, ExecutorResource, StorageResource
 
 DEDUPED = "deduplicated_documents"
-DEDUP_LOGIC = "2"  # 2: removal keys dedup_exact, dedup_near
-EARLIER_INDEX = "earlier_index"  # metadata: what the batch was deduplicated against (earlier_index_version)
+DEDUP_LOGIC = "3"  # 2: removal keys dedup_exact, dedup_near; 3: the persisted index and its chain
+EARLIER_INDEX = "deduplicated_against"  # metadata: the chain value of the batches before it (chain_link)
 
 
 def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefinition:
@@ -46,26 +41,29 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
         mapper = executor.mapper()  # first: a Ray cluster that does not answer fails before any work
         store, (_, crawl_batch) = storage.store(), target(context)
         order = context.instance.get_dynamic_partitions(crawl_batches.name)
-        earlier = order[: order.index(crawl_batch)]
         try:
-            segments, inputs = earlier_segments(store, DEDUPED, earlier)
+            earlier = DedupIndex.for_settings(store, DEDUPED, settings.near).earlier(order[: order.index(crawl_batch)])
         except EarlierBatchNotDeduplicated as exc:
             if settings.wait_retries:  # in a backfill the earlier batch is usually just running
                 raise dg.RetryRequested(settings.wait_retries, settings.wait_seconds) from exc
             raise
         source = upstream_manifest(store, SCORED, crawl_batch)
-        with NearDedup(settings.near, mapper) as engine:
-            result = engine.dedup_partition(store.iter_frames(source, ["doc_id", "text"]), segments)
+        with earlier, NearDedup(settings.near, mapper) as engine:
+            result = engine.dedup_partition(store.iter_frames(source, ["doc_id", "text"]), earlier.runs)
 
             def idempotent(output: StageOutput) -> list[dg.AssetCheckResult]:
-                # The kept documents, deduplicated again against the same history, lose nothing.
-                # Anything else means a decision depends on more than its inputs.
-                again = engine.dedup_partition(store.iter_frames(output.manifest, ["doc_id", "text"]), segments)
+                # What was written is what was kept, and the kept documents, deduplicated again
+                # against the same history from their signatures, lose nothing. Anything else
+                # means a decision depends on more than its inputs.
+                written = [f.get_column("doc_id") for f in store.iter_frames(output.manifest, ["doc_id"])]
+                kept = [f.get_column("doc_id") for f in result.segment.frames()]
+                same = pl.concat(written).equals(pl.concat(kept), check_names=False) if written else not output.rows_out
+                again = engine.recheck(result.segment, earlier.runs)
                 return [
                     dg.AssetCheckResult(
                         check_name="dedup_idempotent",
-                        passed=again.removed.height == 0,
-                        metadata={"removed_on_rerun": again.removed.height},
+                        passed=same and again.removed.height == 0,
+                        metadata={"removed_on_recheck": again.removed.height, "written_as_kept": same},
                     )
                 ]
 
@@ -77,12 +75,15 @@ def build_deduplicated_documents(settings: DedupStageSettings) -> dg.AssetsDefin
                 upstream=SCORED,
                 process=result.splitter,
                 keep_rate_bounds=settings.keep_rate_bounds,
-                extra_inputs=inputs,
-                finish=lambda: {INDEX: result.segment.to_frame()},
+                extra_inputs=earlier.inputs(DEDUPED),
+                finish=lambda: {INDEX: result.segment.frames()},
+                stats={CHAIN: earlier.record()},
                 metadata={
-                    "earlier_batches": len(segments),
-                    EARLIER_INDEX: earlier_index_version([(k, inputs[index_input(DEDUPED, k)]) for k in earlier]),
+                    "earlier_batches": earlier.batches,
+                    "deduplicated_after": earlier.previous or "",
+                    EARLIER_INDEX: earlier.against,
                     **{k: v for k, v in result.stats.items() if k != "seconds"},
+                    "dedup_seconds": result.stats["seconds"],  # sketching and matching; `seconds` is the split
                 },
                 check_results=idempotent,
             )

@@ -11,11 +11,12 @@ from assets.partitions import crawl_batches
 from resources.common.catalog import token_index_frame
 from resources.common.model_store import fetch_model, publish_directory
 from resources.common.partition_stage import upstream_manifest
+from resources.common.sampling import sample_texts
 from resources.common.storage import ShardStore
 from resources.common.versioning import OutputVersion
 from resources.resources import CatalogResource, ExecutorResource, StorageResource
 from resources.tokenize.shards import TokenShardSettings, token_encoder, tokenize_partition, tokenize_partition_on
-from resources.tokenize.tokenizer import TokenizerSettings, load_tokenizer, sample_texts, train_tokenizer
+from resources.tokenize.tokenizer import TokenizerSettings, load_tokenizer, train_tokenizer
 
 TOKENIZER = "tokenizer"
 TOKEN_SHARDS = "token_shards"
@@ -32,7 +33,8 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
         group_name="tokenize",
         kinds={"huggingface"},
         description="Byte-level BPE trained on a sample of the deduplicated corpus (the documents with the "
-        "smallest doc_id over all batches), loadable by AutoTokenizer; or an existing tokenizer (`mode: load`).",
+        "smallest doc_id in crawl batches picked by key hash), loadable by AutoTokenizer; or an existing "
+        "tokenizer (`mode: load`).",
     )
     def tokenizer(context: dg.AssetExecutionContext, storage: StorageResource) -> dg.MaterializeResult:
         def build(store: ShardStore, workdir: Path) -> tuple[Path, dict, dict[str, str]]:
@@ -40,10 +42,8 @@ def build_tokenizer(settings: TokenizerSettings, retrain_on_new_data: bool = Fal
             if settings.mode == "load":
                 trained = load_tokenizer(settings.path)
             else:
-                manifests = list(store.iter_manifests(DEDUPED))
-                inputs = {f"{DEDUPED}[{m.partition}]": m.data_version for m in manifests}
-                frames = (f for m in manifests for f in store.iter_frames(m, ["doc_id", "text"]))
-                trained = train_tokenizer(sample_texts(frames, settings.sample_documents), settings, str(workdir))
+                texts, inputs = sample_texts(store, DEDUPED, settings.sample_documents, settings.sample_partitions)
+                trained = train_tokenizer(texts, settings, str(workdir))
             return Path(trained.path), {k: v for k, v in trained.metadata().items() if k != "path"}, inputs
 
         return corpus_model(context, storage, version, build, publish_directory, retrain_on_new_data)

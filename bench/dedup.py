@@ -21,9 +21,10 @@ The corpus (built in memory, deterministic for a --seed):
 
 Systems, all timed on the same documents, in the same order:
 - ours, `resources.dedup.engine.NearDedup`, each preset: the corpus cut into --partitions partitions
-  deduplicated one after another, each against the segments of the ones before (written as Parquet
-  with ShardStore and scanned back), shards of --shard-rows rows, signatures in one process per
-  core; timed from engine start (pool start included) to the last partition's segment written;
+  deduplicated one after another, each against the persisted index of the ones before
+  (`resources.dedup.index.DedupIndex`: segments written as Parquet with ShardStore, sorted runs),
+  shards of --shard-rows rows, signatures in one process per core; timed from engine start (pool
+  start included) to the last partition's segment written;
 - rensa and datasketch in this process: per document, lowercase + punctuation removed + 5-gram
   shingles in Python, an RMinHash / MinHash of 112 permutations, then an LSH index of 14 bands
   queried before inserting (first seen is kept), as their READMEs show;
@@ -45,7 +46,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import random
 import re
 import subprocess
@@ -62,10 +62,11 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from resources.common.cpus import available_cpus  # noqa: E402
 from resources.common.schemas import doc_id_of  # noqa: E402
-from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
+from resources.common.storage import Manifest, ShardInfo, ShardStore  # noqa: E402
 from resources.dedup.engine import NearDedup  # noqa: E402
-from resources.dedup.index import IndexSegment  # noqa: E402
+from resources.dedup.index import CHAIN, INDEX, DedupIndex  # noqa: E402
 from resources.dedup.minhash import normalize, shingle_hashes  # noqa: E402
 from resources.dedup.settings import DedupSettings  # noqa: E402
 from resources.ingest.engine import ingest_files  # noqa: E402
@@ -206,16 +207,18 @@ def ours(corpus: Corpus, preset: str, partitions: int, shard_rows: int, workers:
             store = ShardStore(scratch)
             started = time.perf_counter()
             removed: list[pl.DataFrame] = []
-            segments: list[IndexSegment] = []
-            with NearDedup(DedupSettings(preset=preset, workers=workers)) as engine:
+            settings = DedupSettings(preset=preset, workers=workers)
+            keys: list[str] = []
+            with NearDedup(settings) as engine:
                 for index, part in enumerate(_split(frame, partitions)):
-                    result = engine.dedup_partition(part.iter_slices(shard_rows), segments)
-                    shards = [
-                        store.write_parquet_shard("dedup_index", f"p{index}", i, s)
-                        for i, s in enumerate(result.segment.to_frame().iter_slices(shard_rows))
-                    ]
-                    paths = [store.path("dedup_index", f"p{index}", s.path) for s in shards]
-                    segments.append(IndexSegment.from_frame(pl.scan_parquet(paths)))
+                    with DedupIndex.for_settings(store, "dedup", settings).earlier(keys) as earlier:
+                        result = engine.dedup_partition(part.iter_slices(shard_rows), earlier.runs)
+                        shards = [
+                            store.write_parquet_shard("dedup", f"p{index}", i, segment, INDEX)
+                            for i, segment in enumerate(result.segment.frames())
+                        ]
+                        store.commit(Manifest("dedup", f"p{index}", shards, stats={CHAIN: earlier.record()}))
+                    keys.append(f"p{index}")
                     removed.append(result.removed)
             seconds = time.perf_counter() - started
         table = pl.concat(removed)
@@ -392,7 +395,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or available_cpus()
     corpus = build_corpus(args.docs, args.copy_share, args.rates, args.seed, workers)
     print(
         f"corpus: {corpus.frame.height} documents, {corpus.megabytes:.1f} MB ({corpus.real} real, the rest"

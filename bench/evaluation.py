@@ -64,6 +64,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from resources.common.cpus import available_cpus  # noqa: E402
 from resources.evaluate.lm_eval_tasks import LmEvalSettings, import_lm_eval, load_harness_model, offline  # noqa: E402
 from resources.evaluate.scoring import (  # noqa: E402
     EvalTexts,
@@ -293,7 +294,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    torch.set_num_threads(args.threads or available_cpus())
     with tempfile.TemporaryDirectory(prefix="bench-evaluation-") as tmp:
         path = args.checkpoint or (None if args.build else demo_checkpoint())
         if path is None:
@@ -326,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             "batch_size": args.batch_size,
             "device": args.device,
             "threads": torch.get_num_threads(),
-            "cores": os.cpu_count(),
+            "cores": available_cpus(),
             "repeats": args.repeats,
             "torch": torch.__version__,
             "lm_eval": lm_eval.__version__ if hasattr(lm_eval, "__version__") else "?",
@@ -336,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
             f"checkpoint {checkpoint.path} ({params / 1e6:.2f}M params, vocab {checkpoint.tokenizer.vocab_size})\n"
             f"{args.text.name}: {len(documents)} documents, {sum(lengths):,} tokens (longest {max(lengths):,}; "
             f"{context['long_documents']} > seq_len), seq_len {seq_len}, batch {args.batch_size}, fp32, "
-            f"{args.device}, {context['threads']} torch threads, {os.cpu_count()} cores, "
+            f"{args.device}, {context['threads']} torch threads, {available_cpus()} cores, "
             f"load average {context['load_average_start']:.1f}",
             flush=True,
         )

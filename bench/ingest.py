@@ -41,6 +41,7 @@ import polars as pl  # noqa: E402
 from _quality import Quality, load_evaldata, score  # noqa: E402
 from fastwarc.warc import ArchiveIterator, WarcRecordType  # noqa: E402
 
+from resources.common.cpus import available_cpus  # noqa: E402
 from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
 from resources.ingest.engine import ingest_files  # noqa: E402
 from resources.settings import IngestSettings  # noqa: E402
@@ -190,7 +191,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _systems(args: argparse.Namespace, files: list[str]) -> list[System]:
-    workers = args.workers or os.cpu_count() or 1
+    workers = args.workers or available_cpus()
     systems = [
         System("ours resiliparse", workers, ours("resiliparse", workers, files), args.repeats),
         System(REFERENCE, workers, datatrove(args.reference_python, workers, files), args.repeats),
@@ -297,7 +298,7 @@ def _report(systems: list[System], files: list[str], evaldata_path: Path, evalda
         "files": files,
         "evaldata": str(evaldata_path),
         "evaluated_pages": len(evaldata),
-        "cpu_count": os.cpu_count(),
+        "cpu_count": available_cpus(),
         "load_average_end": os.getloadavg()[0],
         "reference": REFERENCE if reference else None,
         "systems": {
@@ -332,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     systems = _systems(args, files)
     intro = (
         f"{len(files)} WARC files, {len(present)} response records, {len(evaldata)} of the"
-        f" {len(listed)} pages in {evaldata_path.name} found in them, {os.cpu_count()} cores,"
+        f" {len(listed)} pages in {evaldata_path.name} found in them, {available_cpus()} cores,"
         f" load average {os.getloadavg()[0]:.1f} (other work skews wall times; CPU times less so)"
     )
     print(intro, file=sys.stderr)

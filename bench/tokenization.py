@@ -54,6 +54,7 @@ sys.path.insert(0, str(ROOT))
 
 import polars as pl  # noqa: E402
 
+from resources.common.cpus import available_cpus  # noqa: E402
 from resources.common.storage import ShardInfo, ShardStore  # noqa: E402
 from resources.filter.text_sources import read_documents  # noqa: E402
 from resources.ingest.engine import ingest_files  # noqa: E402
@@ -223,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
             "shards": len(frames),
             "vocab_size": tokenizer.vocab_size,
             "tokenizer_version": tokenizer.version,
-            "cores": os.cpu_count(),
+            "cores": available_cpus(),
             "rayon_threads": os.environ.get("RAYON_NUM_THREADS", "all cores"),
             "batch_chars": args.batch_chars,
             "repeats": args.repeats,
@@ -231,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         print(
             f"{documents} documents ({megabytes:.1f} MB of text) in {len(frames)} shard(s), tokenizer vocab "
-            f"{tokenizer.vocab_size} ({tokenizer.version}), {os.cpu_count()} cores, Rayon threads: "
+            f"{tokenizer.vocab_size} ({tokenizer.version}), {available_cpus()} cores, Rayon threads: "
             f"{context['rayon_threads']}, load average "
             f"{context['load_average_start']:.1f}",
             flush=True,

@@ -25,7 +25,7 @@ from dagster._core.definitions.data_version import CachingStaleStatusResolver, S
 
 from assets.dedup import DEDUPED, EARLIER_INDEX
 from assets.train import CRAWL_BATCHES
-from resources.dedup.index import earlier_index_version
+from resources.dedup.index import chain_link
 from resources.train.generations import CHECKPOINT
 from resources.train.mixture import TRAINING_MIXTURE, retrain_reason
 
@@ -278,15 +278,16 @@ class EarlierBatchChanged(PartitionFilter):
 
     async def keep(self, context, candidates):
         latest = await _latest_materializations(context.asset_graph_view.instance, context.key)
-        changed, earlier = [], []
+        changed, expected = [], None  # the chain value of the batches so far, as they are now
         for key in _registered(context):
             record = latest.get(key)
             if record is None:
                 break  # no later batch can have been deduplicated without this one
             recorded = record.asset_materialization.metadata.get(EARLIER_INDEX)
-            if key in candidates and recorded is not None and recorded.value != earlier_index_version(earlier):
+            if key in candidates and None not in (recorded, expected) and recorded.value != expected:
                 changed.append(key)
-            earlier.append((key, record.asset_materialization.tags.get("dagster/data_version", "")))
+            version = record.asset_materialization.tags.get("dagster/data_version", "")
+            expected = chain_link(recorded.value, key, version) if recorded is not None else None
         return changed
 
 

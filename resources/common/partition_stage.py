@@ -114,15 +114,17 @@ def run_partition_stage(
     process: Callable[[], Process],
     extra_inputs: dict[str, str] | None = None,
     columns: list[str] | None = None,
-    finish: Callable[[], dict[str, pl.DataFrame]] | None = None,
+    finish: Callable[[], dict[str, Iterable[pl.DataFrame]]] | None = None,
     removed_schema: dict[str, pl.DataType] = REMOVED_SCHEMA,
     mapper: ShardMapper | None = None,
+    stats: dict[str, object] | None = None,
 ) -> StageOutput:
     """`process()` builds the stage's `(shard) -> (kept, removed)`; it is called on the shards in
     order (so it may carry state from one shard to the next); `removed` follows `removed_schema`.
     With a `mapper`, `process` must be picklable (a functools.partial of a module-level function)
-    and stateless across shards: each worker builds it once. `finish()` may return further tables
-    (e.g. a dedup index segment) to publish with the partition."""
+    and stateless across shards: each worker builds it once. `finish()` may return further tables,
+    one shard per frame (e.g. a dedup index segment), to publish with the partition; `stats` join
+    the manifest's."""
     started = time.perf_counter()
     source = upstream_manifest(store, upstream, partition)
     target = _ShardTarget(store, asset, partition, columns, removed_schema)
@@ -142,8 +144,8 @@ def run_partition_stage(
         provenance.append(output.provenance)
         if output.removed is not None:
             why.append(output.removed)
-    for table, frame in (finish() if finish else {}).items():
-        files.append(store.write_parquet_shard(asset, partition, 0, frame, table))
+    for table, frames in (finish() if finish else {}).items():
+        files += [store.write_parquet_shard(asset, partition, i, frame, table) for i, frame in enumerate(frames)]
     manifest = store.commit(
         version.manifest(
             asset,
@@ -151,7 +153,7 @@ def run_partition_stage(
             run_id,
             files,
             inputs={f"{upstream}[{partition}]": source.data_version, **(extra_inputs or {})},
-            stats={"rows_in": rows_in, "removed_by_rule": dict(by_rule)},
+            stats={"rows_in": rows_in, "removed_by_rule": dict(by_rule), **(stats or {})},
         )
     )
     return StageOutput(

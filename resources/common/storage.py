@@ -37,6 +37,7 @@ from resources.common.schemas import DOCUMENTS
 MANIFEST_NAME = "_manifest.json"
 UNPARTITIONED = "__all__"
 TMP_PREFIX = ".tmp-"
+_MANIFEST_BATCH = 256
 # An asset name or partition key becomes one path component: letters, digits, `.`, `_`, `-`; never
 # starting with a dot (no `..`, no hidden names), never a separator, at most 200 characters.
 _SAFE_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}")
@@ -350,10 +351,19 @@ class ShardStore:
             return None
         return Manifest.from_json(self.read_bytes(path).decode())
 
+    def partition_keys(self, asset: str) -> list[str]:
+        """The partitions of an asset that have a manifest, from one listing (no manifest read)."""
+        paths = self.fs.glob(self.path(asset, "*", MANIFEST_NAME))
+        return sorted(posixpath.basename(posixpath.dirname(path)) for path in paths)
+
     def iter_manifests(self, asset: str | None = None) -> Iterator[Manifest]:
-        pattern = self.path(asset or "*", "*", MANIFEST_NAME)
-        for path in sorted(self.fs.glob(pattern)):
-            yield Manifest.from_json(self.read_bytes(path).decode())
+        """Every manifest (of one asset), in path order; read in concurrent batches on object stores,
+        where one GET per manifest in turn would cost a round trip each."""
+        paths = sorted(self.fs.glob(self.path(asset or "*", "*", MANIFEST_NAME)))
+        for start in range(0, len(paths), _MANIFEST_BATCH):
+            contents = self.fs.cat(paths[start : start + _MANIFEST_BATCH])
+            for path in sorted(contents):
+                yield Manifest.from_json(contents[path].decode())
 
     def shard_paths(self, manifest: Manifest, table: str = DOCUMENTS) -> list[str]:
         directory = self.partition_dir(manifest.asset, manifest.partition)

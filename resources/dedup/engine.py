@@ -3,45 +3,52 @@
 The contract, and why:
 
 - Partitions have a canonical order (the registration order of crawl batches). A partition is
-  deduplicated against the *index segments* of the partitions before it, each holding the
-  documents that partition kept, and against itself in row order: the first-seen document wins.
+  deduplicated against what the partitions before it kept (sorted runs of the persisted index,
+  `index.py`, or their segments) and against itself in row order: the first-seen document wins.
 - A document is an **exact duplicate** when its `doc_id` (the hash of its normalized text) is that
   of a document kept earlier, or of an earlier row of the partition. It is a **near duplicate**
   when its estimated Jaccard similarity (word n-gram MinHash) to a document kept before it reaches
-  `min_similarity`, among the candidates MinHash LSH proposes (at least one band bucket shared).
-  Exact matching runs first; near matching only sees what it leaves.
-- `duplicate_of` names the first-seen match: the earliest segment in the given order, then the
-  earliest row of that partition; within the partition, the earliest kept row.
-- Because segments hold kept documents only, a result depends on the partition's rows and the
-  segments' contents, not on when partitions ran, on the order of a segment's shards or rows,
-  or on the number of workers; re-running a partition against the same segments gives the same
-  removed rows and a byte-identical segment, so its data version does not move and nothing
-  downstream goes stale. The order of the segments only decides `duplicate_of` when a document
-  matches kept documents of several earlier partitions.
+  `min_similarity`, among the candidates MinHash LSH proposes (at least one band bucket shared;
+  per bucket, the `max_bucket_candidates` first-seen members). Exact matching runs first; near
+  matching only sees what it leaves.
+- `duplicate_of` names the first-seen match: the earliest earlier document, in canonical order;
+  within the partition, the earliest kept row.
+- A result depends on the partition's rows and what the earlier partitions kept, not on when
+  partitions ran, on how earlier kept documents are split into shards or runs, or on the number
+  of workers; re-running a partition against the same history gives the same removed rows and a
+  byte-identical segment, so its data version does not move and nothing downstream goes stale.
 
-Memory is bounded by the partition (a crawl batch), never by the corpus: documents are read
-once (`doc_id` and `text` only), text is dropped as soon as a batch is sketched (~800 bytes per
-document stay: signature and band keys), and the earlier segments are read in one streaming
-pass that keeps only the rows sharing a band bucket or a `doc_id` with this partition (on lazy
-Parquet scans the filter runs inside the reader). Kept rows are produced in a second pass over
-the partition's shards, by `DedupResult.splitter()`.
+Memory is bounded by `documents_in_memory`, never by the corpus or the batch: documents are read
+once (`doc_id` and `text` only), text is dropped as soon as it is sketched (~800 bytes per
+document stay: signature and band keys), lookups in the earlier runs touch pages in proportion
+to the probes (`runs.py`). A partition with more documents than `documents_in_memory` is
+deduplicated in consecutive sub-batches of that many, each against the earlier partitions and the
+kept documents of the sub-batches before it (spilled to disk); that is the same result except that
+a bucket's candidate cap then counts kept documents only (it counts every earlier row within one
+sub-batch), which matters only in buckets holding more than `max_bucket_candidates` documents.
+Only the doc_ids and the removal decisions (~100 bytes per document) stay for the whole partition.
+Kept rows are produced in a second pass over the partition's shards, by `DedupResult.splitter()`.
 """
 
 from __future__ import annotations
 
-import os
+import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
 
+from resources.common.cpus import available_cpus
 from resources.common.executor import ShardMapper
 from resources.common.schemas import removed_rows
-from resources.dedup.index import IndexSegment, band_column, segment_schema
+from resources.dedup.index import IndexSegment, band_column, segment_run, segment_schema, segment_sketches
 from resources.dedup.minhash import Sketches, similarity, sketch
+from resources.dedup.runs import SortedRun, as_doc_id_bytes, id_keys
 from resources.dedup.settings import DedupSettings
 from resources.dedup.sketcher import Sketcher
 
@@ -97,13 +104,15 @@ class NearDedup:
     """The engine: `dedup_partition(frames, earlier)` for each partition, in any order of runs.
 
     Owns the helper processes that compute signatures beside this one (started by the first
-    partition of more than one batch), or sketches as tasks of `mapper` (Ray); use it as a context
-    manager, or `close()` it, to stop the helpers."""
+    partition of more than one batch), or sketches as tasks of `mapper` (Ray), and the temporary
+    files of large partitions; use it as a context manager, or `close()` it, to stop and remove them."""
 
     def __init__(self, settings: DedupSettings | None = None, mapper: ShardMapper | None = None) -> None:
         self.settings = settings or DedupSettings()
         self.spec = self.settings.spec
-        self._sketcher = Sketcher(self.spec, self.settings.workers or os.cpu_count() or 1, mapper)
+        self._sketcher = Sketcher(self.spec, self.settings.workers or available_cpus(), mapper)
+        self._scratch = tempfile.TemporaryDirectory(prefix="dedup-")
+        self._spilled = 0
 
     def __enter__(self) -> NearDedup:
         return self
@@ -113,130 +122,201 @@ class NearDedup:
 
     def close(self) -> None:
         self._sketcher.close()
+        self._scratch.cleanup()
 
     def signatures(self, frame: pl.DataFrame) -> Sketches:
         """MinHash signatures and LSH band keys of a frame's `text`, in this process."""
         return sketch(frame.get_column("text"), self.spec)
 
-    def dedup_partition(self, frames: Iterable[pl.DataFrame], earlier: Iterable[IndexSegment]) -> DedupResult:
+    def dedup_partition(
+        self, frames: Iterable[pl.DataFrame], earlier: Sequence[SortedRun | IndexSegment]
+    ) -> DedupResult:
         """Deduplicate one partition's documents (its shards, in order; `doc_id` and `text` are
-        all that is read) against the segments of the partitions before it, in canonical order."""
-        started = time.perf_counter()
-        doc_ids: list[pl.Series] = []
-        sketches = Sketches.concat(list(self._sketcher.map(self._batches(frames, doc_ids))), self.spec)
-        ids = pl.concat(doc_ids) if doc_ids else pl.Series("doc_id", [], pl.String)
-        sketched = time.perf_counter()
+        all that is read) against what the partitions before it kept, in canonical order."""
+        return self._dedup(self._sketched(frames), earlier)
 
+    def recheck(self, segment: IndexSegment, earlier: Sequence[SortedRun | IndexSegment]) -> DedupResult:
+        """The kept documents of a partition (its segment), deduplicated again against the same
+        history from the signatures computed the first time: nothing may be removed. Checks that
+        every decision depends only on its inputs, without a second pass over the text."""
+        return self._dedup((segment_sketches(frame, self.spec) for frame in segment.frames()), earlier)
+
+    # -- the passes -----------------------------------------------------------------------
+    def _dedup(
+        self, parts: Iterator[tuple[pl.Series, Sketches]], earlier: Sequence[SortedRun | IndexSegment]
+    ) -> DedupResult:
+        started = time.perf_counter()
+        runs = [self._as_run(e) for e in earlier]
+        for index, run in enumerate(runs):
+            if run.meta.get("sketch_id") != self.spec.sketch_id:
+                raise ValueError(
+                    f"earlier run #{index} was built with sketch {run.meta.get('sketch_id')}, these settings use "
+                    f"{self.spec.sketch_id}: rematerialize the earlier partitions with the current settings"
+                )
+        stats: Counter[str] = Counter()
+        ids_so_far: list[pl.Series] = []
+        removed: list[pl.DataFrame] = []
+        removed_at: list[np.ndarray] = []
+        own: list[SortedRun] = []  # what this partition's earlier sub-batches kept
+        segments: list[pl.LazyFrame] = []
+        offset = kept_so_far = 0
+        previous: tuple[pl.Series, Sketches, np.ndarray] | None = None
+        try:
+            for ids, sketches in parts:
+                if previous is not None:  # a further sub-batch: spill the last one's kept documents
+                    own.append(self._spill_run(*previous))
+                    segments[-1] = self._spill_segment(segments[-1])
+                decisions, matched = self._decide(ids, sketches, ids_so_far, [*runs, *own], stats)
+                kept = decisions.kept
+                rows = np.flatnonzero(~kept)
+                removed.append(decisions.frame(rows))
+                removed_at.append(rows + offset)
+                segments.append(self._segment(ids, sketches, kept, kept_so_far).lazy())
+                stats.update(documents=len(ids), kept=int(kept.sum()), earlier_documents_matched=matched, sub_batches=1)
+                ids_so_far.append(ids)
+                previous = (ids, sketches, kept)
+                offset += len(ids)
+                kept_so_far += int(kept.sum())
+        finally:
+            for run in own:
+                run.close()
+        all_ids = pl.concat(ids_so_far) if ids_so_far else pl.Series("doc_id", [], pl.String)
+        decided = pl.concat(removed) if removed else pl.DataFrame(schema=DECISION_SCHEMA)
+        rules = decided.get_column("rule")
+        stats.update(
+            exact_duplicates=int((rules == EXACT).sum()),
+            near_duplicates=int((rules == NEAR).sum()),
+            earlier_runs=len(runs),
+            earlier_documents=sum(r.documents for r in runs),
+        )
+        result_stats: dict[str, float | int] = {**stats, "seconds": round(time.perf_counter() - started, 3)}
+        return DedupResult(decided, IndexSegment(tuple(segments)), result_stats, all_ids, _concat_rows(removed_at))
+
+    def _decide(
+        self,
+        ids: pl.Series,
+        sketches: Sketches,
+        ids_so_far: list[pl.Series],
+        runs: list[SortedRun],
+        stats: Counter[str],
+    ) -> tuple[_Decisions, int]:
+        """One sub-batch: exact within it and against the partition's earlier rows, then exact and
+        near against the runs, then near within it."""
         decisions = _Decisions(ids)
         first = ids.is_first_distinct().to_numpy() if len(ids) else np.zeros(0, bool)
-        decisions.set(np.flatnonzero(~first), EXACT, ids.filter(~pl.Series(first)).to_list(), 1.0)
-        segments, matched_earlier = self._match_earlier(ids, first, sketches, earlier, decisions)
+        for earlier_ids in ids_so_far:
+            first &= ~ids.is_in(earlier_ids.implode()).to_numpy()
+        repeated = np.flatnonzero(~first)
+        decisions.set(repeated, EXACT, ids.gather(repeated).to_list(), 1.0)
+        matched = self._match_earlier(ids, first, sketches, runs, decisions)
         pairs, verified = self._match_within(sketches, first & sketches.has_shingles & decisions.kept, decisions)
+        stats.update(without_words=int((~sketches.has_shingles).sum()), candidate_pairs=pairs, verified_pairs=verified)
+        return decisions, matched
 
-        kept = decisions.kept
-        removed_rows = np.flatnonzero(~kept)
-        removed = pl.DataFrame(
-            {
-                "doc_id": ids.gather(removed_rows),
-                "rule": decisions.rule[removed_rows],
-                "duplicate_of": decisions.duplicate_of[removed_rows],
-                "similarity": decisions.similarity[removed_rows],
-            },
-            schema=DECISION_SCHEMA,
-        )
-        segment = IndexSegment.from_frame(self._segment(ids, sketches, kept))
-        rules = removed.get_column("rule")
-        stats: dict[str, float | int] = {
-            "documents": len(ids),
-            "kept": int(kept.sum()),
-            "exact_duplicates": int((rules == EXACT).sum()),
-            "near_duplicates": int((rules == NEAR).sum()),
-            "without_words": int((~sketches.has_shingles).sum()),
-            "earlier_segments": segments,
-            "earlier_documents_matched": matched_earlier,
-            "candidate_pairs": pairs,
-            "verified_pairs": verified,
-            "sketch_seconds": round(sketched - started, 3),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-        return DedupResult(removed, segment, stats, ids, removed_rows)
+    def _sketched(self, frames: Iterable[pl.DataFrame]) -> Iterator[tuple[pl.Series, Sketches]]:
+        """The partition in sub-batches of at most `documents_in_memory` documents: doc_ids and
+        sketches (always at least one sub-batch, possibly empty)."""
+        pending: deque[tuple[pl.Series, bool]] = deque()  # per text batch: its doc_ids, ends a sub-batch
+        ids: list[pl.Series] = []
+        parts: list[Sketches] = []
+        emitted = False
+        for batch_sketches in self._sketcher.map(self._batches(frames, pending)):
+            batch_ids, last = pending.popleft()
+            ids.append(batch_ids)
+            parts.append(batch_sketches)
+            if last:
+                yield pl.concat(ids), Sketches.concat(parts, self.spec)
+                ids, parts, emitted = [], [], True
+        if not emitted:
+            yield pl.Series("doc_id", [], pl.String), Sketches.concat([], self.spec)
 
-    # -- reading ------------------------------------------------------------------------
-    def _batches(self, frames: Iterable[pl.DataFrame], doc_ids: list[pl.Series]) -> Iterator[pl.Series]:
-        """Texts in batches of about `batch_bytes`, across frame boundaries (a document larger
-        than a batch goes alone); the frames' doc_ids are collected on the way."""
-        pending: list[pl.Series] = []
-        size = 0
+    def _batches(self, frames: Iterable[pl.DataFrame], pending: deque[tuple[pl.Series, bool]]) -> Iterator[pl.Series]:
+        """Texts in batches of about `batch_bytes` (a document larger than a batch goes alone),
+        across frame boundaries, never across sub-batches; each batch's doc_ids go to `pending`."""
+        limit = self.settings.documents_in_memory
+        texts: list[pl.Series] = []
+        doc_ids: list[pl.Series] = []
+        size = in_part = 0
+
+        def flush(last: bool) -> pl.Series:
+            nonlocal size
+            pending.append((pl.concat(doc_ids), last))
+            batch = pl.concat(texts)
+            texts.clear()
+            doc_ids.clear()
+            size = 0
+            return batch
+
         for frame in frames:
             missing = {"doc_id", "text"} - set(frame.columns)
             if missing:
                 raise ValueError(f"documents need columns doc_id and text; missing {sorted(missing)}")
-            ids = frame.get_column("doc_id").cast(pl.String)
-            if ids.null_count():
-                raise ValueError(f"{ids.null_count()} documents have no doc_id")
-            doc_ids.append(ids)
-            texts = frame.get_column("text").cast(pl.String)
-            ends = texts.str.len_bytes().fill_null(0).cast(pl.Int64).cum_sum().to_numpy()
+            frame_ids = frame.get_column("doc_id").cast(pl.String)
+            if frame_ids.null_count():
+                raise ValueError(f"{frame_ids.null_count()} documents have no doc_id")
+            frame_texts = frame.get_column("text").cast(pl.String)
+            ends = frame_texts.str.len_bytes().fill_null(0).cast(pl.Int64).cum_sum().to_numpy()
             start = 0
             while start < frame.height:
                 before = int(ends[start - 1]) if start else 0
                 fits = int(np.searchsorted(ends, before + self.settings.batch_bytes - size, "right"))
-                stop = max(fits, start + (not pending))
+                stop = min(max(fits, start + (not texts)), start + limit - in_part)
                 if stop > start:
-                    pending.append(texts.slice(start, stop - start))
+                    texts.append(frame_texts.slice(start, stop - start))
+                    doc_ids.append(frame_ids.slice(start, stop - start))
                     size += int(ends[stop - 1]) - before
-                if stop < frame.height:  # the next document does not fit: the batch is full
-                    yield pl.concat(pending)
-                    pending, size = [], 0
+                    in_part += stop - start
+                if in_part == limit:
+                    yield flush(True)
+                    in_part = 0
+                elif stop < frame.height:  # the next document does not fit: the batch is full
+                    yield flush(False)
                 start = stop
-        if pending:
-            yield pl.concat(pending)
+        if texts:
+            yield flush(True)
 
     # -- matching -----------------------------------------------------------------------
     def _match_earlier(
-        self,
-        ids: pl.Series,
-        first: np.ndarray,
-        sketches: Sketches,
-        earlier: Iterable[IndexSegment],
-        decisions: _Decisions,
-    ) -> tuple[int, int]:
-        """Exact, then near matches against the earlier segments, read in one filtered pass over
-        all of them (only rows sharing a doc_id or a band bucket with this partition come back).
-        Returns (segments read, earlier documents matched)."""
-        segments = list(earlier)
-        for index, segment in enumerate(segments):
-            self._check_sketch(segment, index)
+        self, ids: pl.Series, first: np.ndarray, sketches: Sketches, runs: list[SortedRun], decisions: _Decisions
+    ) -> int:
+        """Exact, then near matches against the earlier runs, looked up by doc_id and band key.
+        Returns how many earlier documents were matched or compared."""
         rows = np.flatnonzero(first)
-        if not segments or not len(rows):
-            return len(segments), 0
-        keys = sketches.band_keys[rows[sketches.has_shingles[rows]]]
-        wanted = pl.col("doc_id").is_in(ids.gather(rows).implode())
-        for b in range(self.spec.bands):
-            wanted |= pl.col(band_column(b)).is_in(pl.Series(keys[:, b]).implode())
-        hits = (
-            pl.concat(
-                [s.frame.filter(wanted).with_columns(segment=pl.lit(k, pl.UInt32)) for k, s in enumerate(segments)]
-            )
-            .collect(engine="streaming")  # bounded memory however many segments
-            .sort("segment", "seq")  # canonical order: the first hit is the first seen
-        )
-        matched = hits.height
-        exact = rows[ids.gather(rows).is_in(hits.get_column("doc_id").implode()).to_numpy()]
+        if not runs or not len(rows):
+            return 0
+        probe_ids = as_doc_id_bytes(ids.gather(rows).to_list())
+        probe_keys = id_keys(probe_ids)
+        found = np.zeros(len(rows), bool)
+        for run in runs:
+            found |= run.contains(probe_ids, probe_keys)
+        exact = rows[found]
         decisions.set(exact, EXACT, ids.gather(exact).to_list(), 1.0)
         near_rows = rows[sketches.has_shingles[rows] & decisions.kept[rows]]
-        hits = hits.filter(pl.col("signature").is_not_null())
-        if len(near_rows) and hits.height:
-            theirs = hits.select(band_column(b) for b in range(self.spec.bands)).to_numpy()
-            row, hit = _shared_buckets(sketches.band_keys[near_rows], theirs, self.settings.max_bucket_candidates)
-            row = near_rows[row]
-            sims = similarity(sketches.signatures[row], hits.get_column("signature").to_numpy()[hit])
-            ok = sims >= self.settings.min_similarity
-            found, first_ok = np.unique(row[ok], return_index=True)  # pairs are sorted by row, then hit
-            targets = hits.get_column("doc_id").gather(hit[ok][first_ok]).to_list()
-            for one, target, sim in zip(found.tolist(), targets, sims[ok][first_ok].tolist(), strict=True):
-                decisions.set(np.array([one]), NEAR, [target], sim)
-        return len(segments), matched
+        offsets = np.cumsum([0, *(run.documents for run in runs)])
+        if not len(near_rows) or not offsets[-1]:
+            return int(found.sum())
+        bands, cap = self.spec.bands, self.settings.max_bucket_candidates
+        probes, hits = [], []
+        for run, offset in zip(runs, offsets[:-1], strict=True):
+            probe, document = run.bucket_members(sketches.band_keys[near_rows].ravel(), cap)
+            probes.append(probe)
+            hits.append(document + offset)
+        probe, hit = np.concatenate(probes), np.concatenate(hits)
+        order = np.argsort(probe, kind="stable")  # per probe key: runs in canonical order, then documents
+        probe, hit = probe[order], hit[order]
+        starts = np.flatnonzero(np.r_[True, probe[1:] != probe[:-1]]) if len(probe) else np.zeros(0, np.int64)
+        rank = np.arange(len(probe)) - np.repeat(starts, np.diff(np.r_[starts, len(probe)]))
+        capped = rank < cap  # the bucket's first `cap` members over all earlier partitions
+        pair = np.unique((probe[capped] // bands) * int(offsets[-1]) + hit[capped])  # by row, then first seen
+        row, hit = pair // int(offsets[-1]), pair % int(offsets[-1])
+        unique_hits, which = np.unique(hit, return_inverse=True)
+        hit_ids, hit_signatures = _gather(runs, offsets, unique_hits)
+        sims = similarity(sketches.signatures[near_rows[row]], hit_signatures[which])
+        ok = sims >= self.settings.min_similarity
+        found_rows, first_ok = np.unique(row[ok], return_index=True)
+        targets = [t.decode() for t in hit_ids[which[ok][first_ok]].tolist()]
+        decisions.set(near_rows[found_rows], NEAR, targets, sims[ok][first_ok])
+        return int(found.sum()) + len(unique_hits)
 
     def _match_within(self, sketches: Sketches, open_rows: np.ndarray, decisions: _Decisions) -> tuple[int, int]:
         """Greedy first-seen-wins inside the partition: a row is removed when it near-matches a
@@ -251,27 +331,39 @@ class NearDedup:
                 decisions.set(np.array([b]), NEAR, [decisions.ids[a]], sim)
         return len(i), int(ok.sum())
 
-    def _check_sketch(self, segment: IndexSegment, index: int) -> None:
-        schema = segment.frame.collect_schema()
-        expected = segment_schema(self.spec)
-        if dict(schema) != expected:
-            raise ValueError(
-                f"earlier segment #{index} does not match these dedup settings ({self.spec.sketch_id}): "
-                f"columns {dict(schema)}; rematerialize the earlier partitions with the current settings"
-            )
-        sketch_ids = segment.frame.select(pl.col("sketch").unique()).collect().get_column("sketch").to_list()
-        if any(s != self.spec.sketch_id for s in sketch_ids):
-            raise ValueError(
-                f"earlier segment #{index} was built with sketch {sketch_ids}, these settings use "
-                f"{self.spec.sketch_id}: rematerialize the earlier partitions with the current settings"
-            )
+    # -- runs and segments ----------------------------------------------------------------
+    def _as_run(self, earlier: SortedRun | IndexSegment) -> SortedRun:
+        return earlier if isinstance(earlier, SortedRun) else segment_run(earlier.to_frame(), self.spec)
 
-    def _segment(self, ids: pl.Series, sketches: Sketches, kept: np.ndarray) -> pl.DataFrame:
+    def _spill_run(self, ids: pl.Series, sketches: Sketches, kept: np.ndarray) -> SortedRun:
+        """A sub-batch's kept documents as a run on disk, memory-mapped."""
+        rows = np.flatnonzero(kept)
+        run = SortedRun.build(
+            as_doc_id_bytes(ids.gather(rows).to_list()),
+            sketches.signatures[rows],
+            sketches.band_keys[rows],
+            sketches.has_shingles[rows],
+            {"sketch_id": self.spec.sketch_id},
+        )
+        directory = self._scratch_path("run")
+        run.write(directory)
+        return SortedRun.open(directory)
+
+    def _spill_segment(self, segment: pl.LazyFrame) -> pl.LazyFrame:
+        path = self._scratch_path("segment.parquet")
+        segment.collect().write_parquet(path)
+        return pl.scan_parquet(path)
+
+    def _scratch_path(self, name: str) -> Path:
+        self._spilled += 1
+        return Path(self._scratch.name) / f"{self._spilled:06d}-{name}"
+
+    def _segment(self, ids: pl.Series, sketches: Sketches, kept: np.ndarray, first_seq: int) -> pl.DataFrame:
         rows = np.flatnonzero(kept)
         has = pl.Series(sketches.has_shingles[rows])
         columns: dict[str, Any] = {
             "doc_id": ids.gather(rows),
-            "seq": np.arange(len(rows), dtype=np.uint32),
+            "seq": np.arange(first_seq, first_seq + len(rows), dtype=np.uint32),
             "sketch": pl.repeat(self.spec.sketch_id, len(rows), dtype=pl.String, eager=True),
             "signature": pl.Series(sketches.signatures[rows]),
         }
@@ -293,11 +385,37 @@ class _Decisions:
         self.duplicate_of = np.full(len(ids), None, object)
         self.similarity = np.full(len(ids), np.nan)
 
-    def set(self, rows: np.ndarray, rule: str, duplicate_of: list[str], similarity: float) -> None:
+    def set(self, rows: np.ndarray, rule: str, duplicate_of: list[str], similarity: float | np.ndarray) -> None:
         self.kept[rows] = False
         self.rule[rows] = rule
         self.duplicate_of[rows] = duplicate_of
         self.similarity[rows] = similarity
+
+    def frame(self, rows: np.ndarray) -> pl.DataFrame:
+        return pl.DataFrame(
+            {
+                "doc_id": self.ids.gather(rows),
+                "rule": self.rule[rows],
+                "duplicate_of": self.duplicate_of[rows],
+                "similarity": self.similarity[rows],
+            },
+            schema=DECISION_SCHEMA,
+        )
+
+
+def _gather(runs: list[SortedRun], offsets: np.ndarray, documents: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """doc_ids and signatures of documents numbered across the runs (sorted ascending)."""
+    ids, signatures = [], []
+    for r, run in enumerate(runs):
+        lo, hi = np.searchsorted(documents, offsets[r : r + 2])
+        run_ids, run_signatures = run.gather(documents[lo:hi] - offsets[r])
+        ids.append(run_ids)
+        signatures.append(run_signatures)
+    return np.concatenate(ids), np.concatenate(signatures)
+
+
+def _concat_rows(parts: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
 
 
 def _earlier_in_bucket(keys: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
@@ -317,19 +435,3 @@ def _earlier_in_bucket(keys: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarr
     i, j = owner[earlier], owner[later]
     pair = np.unique(j[i < j] * len(keys) + i[i < j])  # one pair however many bands it shares
     return pair % len(keys), pair // len(keys)
-
-
-def _shared_buckets(probe: np.ndarray, index: np.ndarray, cap: int) -> tuple[np.ndarray, np.ndarray]:
-    """Pairs (p, h) of rows of `probe` and `index` (rows x bands each) sharing a band key, each p
-    paired with at most the `cap` first index rows of each bucket; sorted by p, then h."""
-    bands = index.shape[1]
-    flat = index.ravel()
-    order = np.argsort(flat, kind="stable")
-    ordered = flat[order]
-    wanted = probe.ravel()
-    lo = np.searchsorted(ordered, wanted, "left")
-    count = np.minimum(np.searchsorted(ordered, wanted, "right") - lo, cap)
-    p = np.repeat(np.arange(len(wanted)) // bands, count)
-    position = np.repeat(lo, count) + np.arange(len(p)) - np.repeat(np.cumsum(count) - count, count)
-    pair = np.unique(p * len(index) + order[position] // bands)
-    return pair // len(index), pair % len(index)

@@ -32,8 +32,22 @@ class DedupSettings(BaseModel):
     max_bucket_candidates: int = Field(
         default=100, ge=1, description="per band bucket, compare with at most this many earliest members"
     )
-    workers: int = Field(default=0, ge=0, description="processes computing signatures, this one included; 0 = cores")
+    workers: int = Field(
+        default=0,
+        ge=0,
+        description="processes computing signatures, this one included; 0 = the CPUs this process may use",
+    )
     batch_bytes: int = Field(default=2 << 20, ge=1 << 10, description="text per signature batch")
+    documents_in_memory: int = Field(
+        default=100_000,
+        ge=1,
+        description="documents sketched and matched at once (~1 KB each); a larger partition is deduplicated in "
+        "sub-batches of this many, each against everything kept before it",
+    )
+    index_fanout: int = Field(default=4, ge=2, description="index runs merged into one of the next level")
+    index_max_level: int = Field(
+        default=8, ge=1, description="runs above this level (index_fanout**level batches) are not merged further"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -49,7 +63,7 @@ class DedupSettings(BaseModel):
 
     def output_shaping(self) -> dict[str, object]:
         """The settings whose change alters which documents are removed (not how fast)."""
-        return self.model_dump(exclude={"workers", "batch_bytes"})
+        return self.model_dump(exclude={"workers", "batch_bytes", "index_fanout", "index_max_level"})
 
 
 class DedupStageSettings(BaseModel):

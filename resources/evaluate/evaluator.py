@@ -133,7 +133,7 @@ def gather_eval_sets(
     if settings.held_out:
         crawl = [key for spec in mixture.values() if spec["asset"] == tokens_asset for key in spec["partitions"]]
         held_out = held_out_texts(store, documents_asset, crawl, validation_fraction)
-        if held_out.documents:
+        if next(iter(held_out.documents), None) is not None:  # reads up to the first held-out document
             eval_sets.insert(0, held_out)
         else:
             log("the validation split holds no documents: only the eval sets are scored")

@@ -18,8 +18,9 @@ smoothed): a model that does not beat it has learned nothing beyond token counts
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import numpy as np
 import polars as pl
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 
 from resources.common.schemas import TRAIN, VALIDATION
 from resources.common.storage import ShardStore
@@ -42,6 +44,7 @@ from resources.tokenize.tokenizer import TokenizerError, TrainedTokenizer, load_
 from resources.train.checkpoints import MANIFEST_FILE, CheckpointError, read_manifest, resolve_checkpoint
 
 HELD_OUT = "held_out"
+_ENCODE_CHUNK = 256  # documents encoded at a time, until the token budget is spent
 _IGNORE = -100
 _LN2 = math.log(2)
 
@@ -49,7 +52,7 @@ _LN2 = math.log(2)
 @dataclass(frozen=True)
 class EvalTexts:
     name: str
-    documents: list[str]
+    documents: Iterable[str]  # a list, or read lazily (the held-out split): iterated once per scoring
     source: str  # the file, or where a held-out split came from
     encoding: str
 
@@ -64,20 +67,31 @@ def load_eval_set(name: str, spec: EvalSetSpec) -> EvalTexts:
     return EvalTexts(name, documents, spec.path, encoding)
 
 
+@dataclass(frozen=True)
+class HeldOutDocuments:
+    """The documents tokenization holds out (`split_of`, by doc_id alone) of some partitions, in
+    order, read lazily: scoring stops at its token budget, so an evaluation reads a few shards,
+    not the whole split of the corpus."""
+
+    store: ShardStore
+    asset: str
+    partitions: tuple[str, ...]
+    validation_fraction: float
+
+    def __iter__(self) -> Iterator[str]:
+        for partition in self.partitions:
+            manifest = self.store.read_manifest(self.asset, partition)
+            if manifest is None:
+                raise EvaluationError(f"{self.asset}[{partition}] has no materialization: the held-out split needs it")
+            for frame in self.store.iter_frames(manifest, ["doc_id", "text"]):
+                held = [split_of(key, self.validation_fraction) == VALIDATION for key in frame.get_column("doc_id")]
+                yield from frame.get_column("text").filter(pl.Series(held, dtype=pl.Boolean)).to_list()
+
+
 def held_out_texts(store: ShardStore, asset: str, partitions: Iterable[str], validation_fraction: float) -> EvalTexts:
-    """The documents tokenization holds out (`split_of`, by doc_id alone), as text: scoring the
-    text rather than the token shards keeps bits-per-byte fair across tokenizers."""
-    documents: list[str] = []
-    for partition in partitions:
-        manifest = store.read_manifest(asset, partition)
-        if manifest is None:
-            raise EvaluationError(f"{asset}[{partition}] has no materialization: the held-out split needs it")
-        for frame in store.iter_frames(manifest, ["doc_id", "text"]):
-            held = frame.filter(
-                pl.col("doc_id").map_elements(lambda key: split_of(key, validation_fraction), return_dtype=pl.String)
-                == VALIDATION
-            )
-            documents.extend(held.get_column("text").to_list())
+    """The held-out split as text: scoring the text rather than the token shards keeps
+    bits-per-byte fair across tokenizers."""
+    documents = HeldOutDocuments(store, asset, tuple(partitions), validation_fraction)
     return EvalTexts(HELD_OUT, documents, f"{asset}, validation split ({validation_fraction:.1%})", "utf-8")
 
 
@@ -198,18 +212,11 @@ def score_texts(
     """`unigram`: log2 probabilities per token id (see `unigram_log2_probs`), or None."""
     tokenizer = checkpoint.tokenizer
     eos = tokenizer.eos_id
-    encoded = tokenizer.tokenizer.encode_batch(texts.documents, add_special_tokens=False)
     sequences: list[np.ndarray] = []
     used_bytes = 0
-    budget = max_tokens
-    for document, encoding in zip(texts.documents, encoded, strict=True):
-        if not encoding.ids:
-            continue
-        if sequences and len(encoding.ids) + 1 > budget:
-            break
-        sequences.append(np.array([eos, *encoding.ids, eos], dtype=np.int64))
+    for document, ids in _within_budget(texts.documents, tokenizer.tokenizer, max_tokens):
+        sequences.append(np.array([eos, *ids, eos], dtype=np.int64))
         used_bytes += len(document.encode("utf-8"))
-        budget -= len(encoding.ids) + 1
     if not sequences:
         raise EvalSetError(f"eval set {texts.name!r} ({texts.source}): no document has any token")
     window = seq_len or checkpoint.seq_len
@@ -217,6 +224,22 @@ def score_texts(
     targets = np.concatenate([s[1:] for s in sequences])
     unigram_bits = None if unigram is None else float(-unigram[targets].sum())
     return SetScore(texts.name, len(sequences), used_bytes, int(targets.size), nll, unigram_bits, texts.encoding)
+
+
+def _within_budget(documents: Iterable[str], tokenizer: Tokenizer, max_tokens: int) -> Iterator[tuple[str, list[int]]]:
+    """Documents with any token and their tokens, in order, until the next one (and its closing EOS)
+    would pass `max_tokens`; the first always comes. Encoded a chunk at a time, so a lazily read
+    split is only read as far as the budget goes."""
+    budget, taken = max_tokens, False
+    remaining = iter(documents)
+    while chunk := list(islice(remaining, _ENCODE_CHUNK)):
+        for document, encoding in zip(chunk, tokenizer.encode_batch(chunk, add_special_tokens=False), strict=True):
+            if not encoding.ids:
+                continue
+            if taken and len(encoding.ids) + 1 > budget:
+                return
+            taken, budget = True, budget - len(encoding.ids) - 1
+            yield document, encoding.ids
 
 
 def prediction_windows(sequences: Sequence[np.ndarray], seq_len: int) -> list[np.ndarray]:

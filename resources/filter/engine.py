@@ -20,6 +20,7 @@ from pydantic import Field
 from resources.common.config import Section
 from resources.common.model_store import fetch_model
 from resources.common.partition_stage import Process
+from resources.common.sampling import sample_texts
 from resources.common.schemas import removed_rows
 from resources.common.storage import ShardStore
 from resources.common.versioning import file_digest
@@ -69,7 +70,9 @@ class QualityStageSettings(Section):
             reference_files=["data/reference/wikitext2_reference.txt"], keep_top_fraction=0.8
         )
     )
-    negatives_per_partition: int = Field(default=5_000, ge=1, description="crawl documents sampled as negatives")
+    sample_partitions: int = Field(
+        default=32, ge=1, description="crawl batches the negatives are drawn from (picked by key hash)"
+    )
     retrain_on_new_data: bool = Field(
         default=False, description="off: trained once; new crawl batches are scored by the same model"
     )
@@ -83,7 +86,7 @@ class QualityStageSettings(Section):
             "classifier": classifier.model_dump(
                 exclude={"keep_threshold", "keep_top_fraction", "reference_files", "model_path"}
             ),
-            **self.model_dump(include={"negatives_per_partition", "retrain_on_new_data"}),
+            **self.model_dump(include={"sample_partitions", "retrain_on_new_data"}),
             "files": _file_digests([*classifier.reference_files, classifier.model_path]),
         }
 
@@ -152,19 +155,6 @@ def quality_filter(store: ShardStore, classifier_asset: str, settings: QualitySe
     return QualityFilter.load(path, settings).process
 
 
-def crawl_sample(store: ShardStore, asset: str, per_partition: int) -> tuple[list[str], dict[str, str]]:
-    """The classifier's negatives: in each partition of `asset`, the documents with the smallest
-    doc_id (a hash, so a uniform sample that does not depend on shard order or run order); and
-    the partitions read, with their data versions."""
-    texts, inputs = [], {}
-    for manifest in store.iter_manifests(asset):
-        inputs[f"{asset}[{manifest.partition}]"] = manifest.data_version
-        frames = [f.sort("doc_id").head(per_partition) for f in store.iter_frames(manifest, ["doc_id", "text"])]
-        if frames:
-            texts += pl.concat(frames).sort("doc_id").head(per_partition).get_column("text").to_list()
-    return texts, inputs
-
-
 def quality_model(
     settings: QualityStageSettings, store: ShardStore, workdir: Path, *, filtered: str
 ) -> tuple[Path, dict[str, object], dict[str, str]]:
@@ -175,8 +165,14 @@ def quality_model(
     if classifier.mode == "load":
         loaded = QualityClassifier.load(classifier.model_path, positive_label=classifier.positive_label)
         return Path(loaded.path), {"model_version": loaded.model_version, "mode": "load"}, {}
-    negatives, inputs = crawl_sample(store, filtered, settings.negatives_per_partition)
-    trained = train_classifier(reference_documents(classifier), negatives, classifier, str(workdir))
+    positives = reference_documents(classifier)
+    # Training uses at most max_examples_per_class negatives, as many as positives when balanced:
+    # the classifier's negatives are the crawl documents with the smallest doc_id (a uniform sample).
+    needed = classifier.max_examples_per_class
+    if classifier.balance_classes:
+        needed = max(1, min(needed, len(positives)))
+    negatives, inputs = sample_texts(store, filtered, needed, settings.sample_partitions)
+    trained = train_classifier(positives, negatives, classifier, str(workdir))
     return trained.model_path, {**trained.metadata(), "mode": "train"}, inputs
 
 

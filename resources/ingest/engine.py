@@ -26,6 +26,7 @@ import fsspec
 import polars as pl
 from pydantic import BaseModel, ConfigDict, Field
 
+from resources.common.cpus import available_cpus
 from resources.common.executor import ShardMapper
 from resources.common.partition_stage import concat_or_none
 from resources.common.schemas import DOCUMENT_SCHEMA, PROVENANCE_COLUMNS
@@ -47,7 +48,7 @@ class IngestSettings(BaseModel):
     max_replacement_ratio: float = Field(default=0.02, ge=0, le=1)
     html_content_types: list[str] = Field(default_factory=lambda: ["text/html", "application/xhtml+xml"])
     shard_rows: int = Field(default=20_000, ge=1)
-    workers: int = Field(default=0, ge=0, description="extraction processes; 0 = one per core")
+    workers: int = Field(default=0, ge=0, description="extraction processes; 0 = one per CPU this process may use")
     doc_timeout_s: float = Field(default=20.0, gt=0)
 
     def output_shaping(self) -> dict[str, object]:
@@ -117,7 +118,7 @@ def ingest_files(
         min_text_chars=settings.min_text_chars,
         timeout_s=settings.doc_timeout_s,
     )
-    for page, result in _extract(pages, options, settings.workers or os.cpu_count() or 1, mapper):
+    for page, result in _extract(pages, options, settings.workers or available_cpus(), mapper):
         if result.skip:
             skips[result.skip] += 1
             continue

@@ -6,10 +6,11 @@ token and decodes back to the exact text, which the token shards' contract relie
 `save_pretrained`, so the training stage, vLLM and anyone else load it with
 `AutoTokenizer.from_pretrained(directory)` (a fast tokenizer with `eos_token`/`pad_token` set).
 
-Which documents to train on is the caller's choice; `sample_texts` gives the recommended
-sample: the `sample_documents` documents with the smallest `doc_id` over the whole corpus.
-`doc_id` is a content hash, so that is a uniform random sample that does not depend on shard
-order, partition order or run order, and memory stays bounded by the sample. Adding a crawl
+Which documents to train on is the caller's choice; `resources.common.sampling.sample_texts` gives
+the recommended sample: the `sample_documents` documents with the smallest `doc_id` among
+`sample_partitions` partitions picked by the hash of their key. `doc_id` is a content hash, so
+that is a uniform random sample that does not depend on shard order, partition order or run
+order, and both memory and reading are bounded by the settings, not by the corpus. Adding a crawl
 batch can move the sample (and so the tokenizer, and every token shard after it): teams that
 want a stable vocabulary train once and switch to `mode: load`.
 
@@ -29,7 +30,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import polars as pl
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
@@ -59,6 +59,9 @@ class TokenizerSettings(BaseModel):
     eos_token: str = Field(default=EOS_TOKEN, description="train mode: appended after every document")
     pad_token: str = Field(default=PAD_TOKEN, description="train mode: for batching only, never in token shards")
     sample_documents: int = Field(default=20_000, ge=1, description="train mode: documents to train on")
+    sample_partitions: int = Field(
+        default=32, ge=1, description="train mode: crawl batches the sample is drawn from (picked by key hash)"
+    )
     min_frequency: int = Field(default=2, ge=1, description="train mode: a merge needs at least this many occurrences")
     path: str | None = Field(default=None, description="load mode: a directory saved with save_pretrained")
 
@@ -113,17 +116,6 @@ class TrainedTokenizer:
         if self.documents:
             values.update(training_documents=self.documents, train_seconds=round(self.seconds, 3))
         return values
-
-
-def sample_texts(frames: Iterable[pl.DataFrame], documents: int) -> list[str]:
-    """The texts of the `documents` documents with the smallest `doc_id` over all `frames` (each
-    needs `doc_id` and `text`), in `doc_id` order. Memory: the sample plus one frame."""
-    kept: pl.DataFrame | None = None
-    for frame in frames:
-        smallest = frame.select("doc_id", "text").sort("doc_id").head(documents)
-        merged = smallest if kept is None else pl.concat([kept, smallest])
-        kept = merged.unique("doc_id", keep="first", maintain_order=True).sort("doc_id").head(documents)
-    return [] if kept is None else kept.get_column("text").to_list()
 
 
 class _Counted:

@@ -16,16 +16,22 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
+from resources.common.schemas import VALIDATION, doc_id_of
+from resources.common.storage import Manifest, ShardStore
+from resources.evaluate import scoring
 from resources.evaluate.history import is_finite_result, regressions
 from resources.evaluate.scoring import (
     CheckpointLoadError,
     EvalSetError,
     EvalTexts,
+    EvaluationError,
     LoadedCheckpoint,
     generate_samples,
+    held_out_texts,
     load_checkpoint,
     load_eval_set,
     score_texts,
@@ -36,6 +42,7 @@ from resources.evaluate.settings import EvalSetSpec, EvaluationSettings, Generat
 from resources.filter.text_sources import read_documents
 from resources.llm.tiny_model import train_tiny_checkpoint
 from resources.settings import PROJECT_ROOT
+from resources.tokenize.shards import split_of
 from resources.tokenize.tokenizer import TrainedTokenizer
 from resources.train.checkpoints import MANIFEST_FILE, MODEL_FILE, STATE_FILE
 
@@ -214,6 +221,26 @@ def test_max_tokens_keeps_whole_documents_in_file_order(tokenizer: TrainedTokeni
     # The first document is scored whole even when it alone exceeds the budget.
     first = score_texts(model, texts(DOCUMENTS), max_tokens=1)
     assert (first.documents, first.tokens, first.bytes) == (1, costs[0], sizes[0])
+
+
+def test_the_held_out_split_is_read_only_as_far_as_the_budget(
+    tokenizer: TrainedTokenizer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(scoring, "_ENCODE_CHUNK", 8)  # documents are read at most one chunk past the budget
+    store = ShardStore(str(tmp_path))
+    held = [d for d in read_documents(str(REFERENCE)) if split_of(doc_id_of(d), 0.5) == VALIDATION]
+    for index, part in enumerate((held[:15], held[15:30])):
+        frame = pl.DataFrame({"doc_id": [doc_id_of(d) for d in part], "text": part})
+        store.commit(Manifest("docs", f"b{index}", [store.write_parquet_shard("docs", f"b{index}", 0, frame)]))
+    split = held_out_texts(store, "docs", ["b0", "b1", "never-materialized"], 0.5)
+    model = hand_made(UniformLM(tokenizer.vocab_size), tokenizer)
+    costs = [len(token_ids(tokenizer, d)) + 1 for d in held[:30]]
+
+    score = score_texts(model, split, max_tokens=sum(costs[:18]))  # stops inside b1: the missing one is never read
+    assert (score.documents, score.tokens) == (18, sum(costs[:18]))
+    assert score_texts(model, split, max_tokens=sum(costs[:18])).bits_per_byte == score.bits_per_byte  # re-iterable
+    with pytest.raises(EvaluationError, match="never-materialized"):
+        score_texts(model, split, max_tokens=10**9)
 
 
 def test_a_set_without_any_token_is_an_error(tokenizer: TrainedTokenizer) -> None:

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import polars as pl
 import pytest
 from pydantic import ValidationError
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -21,7 +20,6 @@ from resources.tokenize.tokenizer import (
     TokenizerSettings,
     TrainedTokenizer,
     load_tokenizer,
-    sample_texts,
     train_tokenizer,
 )
 from tests.conftest import SAMPLE_DIR
@@ -152,13 +150,3 @@ def test_settings_are_checked():
             TokenizerSettings.model_validate(fields)
     with pytest.raises(TokenizerError, match="use load_tokenizer"):
         train_tokenizer(["text"], TokenizerSettings(mode="load", path="/some/dir"), "/tmp/unused")
-
-
-def test_sample_texts_takes_the_smallest_doc_ids_whatever_the_shard_layout():
-    frame = pl.DataFrame({"doc_id": [f"{i:04x}" for i in range(200)], "text": [f"text {i}" for i in range(200)]})
-    shuffled = frame.sample(fraction=1.0, shuffle=True, seed=1)
-    expected = [f"text {i}" for i in range(10)]
-    assert sample_texts([frame], 10) == expected
-    assert sample_texts([shuffled.slice(0, 70), shuffled.slice(70, 0), shuffled.slice(70)], 10) == expected
-    assert sample_texts([frame.slice(0, 5), frame.slice(0, 5), frame.slice(5, 3)], 10) == expected[:8]  # no repeats
-    assert sample_texts([], 10) == []
