@@ -50,8 +50,13 @@ def open_catalog(
             con = duckdb.connect(path, read_only=read_only and os.path.exists(path))
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() > deadline:
-                raise CatalogLocked(f"lineage catalog {path} is locked: {exc}") from exc
+            if "lock" not in str(exc).lower():
+                raise
+            if time.monotonic() > deadline:
+                raise CatalogLocked(
+                    f"lineage catalog {path} is locked by another process for over {wait_s:g} s "
+                    f"(catalog.lock_timeout_s): {exc}"
+                ) from exc
             time.sleep(0.05 + random.random() * 0.2)
     try:
         yield con
