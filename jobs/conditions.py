@@ -22,6 +22,7 @@ from typing import ClassVar
 
 import dagster as dg
 from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleCauseCategory
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 
 from assets.dedup import DEDUPED, EARLIER_INDEX
 from assets.train import CRAWL_BATCHES
@@ -30,6 +31,7 @@ from resources.train.generations import CHECKPOINT
 from resources.train.mixture import TRAINING_MIXTURE, retrain_reason
 
 Key = str | None  # a partition key, None for an unpartitioned asset
+RETRY_LOOKBACK = 1000  # failed runs marked for retry looked at per tick (latest first), and assets per run
 
 
 class PartitionFilter(dg.AutomationCondition):
@@ -63,6 +65,15 @@ def keys_of(subset) -> list[Key]:
     return sorted(subset.expensively_compute_partition_keys()) if subset.is_partitioned else [None]
 
 
+def awaiting_retry(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Runs that failed because their process died (or was stopped) and that run retries will
+    launch again, from the failed step, but have not yet."""
+    failed = instance.get_run_records(
+        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"}), limit=RETRY_LOOKBACK
+    )
+    return [r.dagster_run for r in failed if AUTO_RETRY_RUN_ID_TAG not in r.dagster_run.tags]
+
+
 class TickState:
     """What one evaluation tick knows about each asset's partitions, computed once per tick (the
     conditions of every asset share it): missing, in progress, latest execution failed, and
@@ -74,6 +85,7 @@ class TickState:
         self.view = view
         self._sets: dict[tuple[str, dg.AssetKey], set[Key]] = {}
         self._blocked: dict[dg.AssetKey, set[Key]] = {}
+        self._retrying: dict[dg.AssetKey, set[Key]] | None = None
         self.resolver = CachingStaleStatusResolver(view.instance, view.asset_graph, view)  # stale status, as the UI
 
     @classmethod
@@ -126,14 +138,28 @@ class TickState:
     async def in_progress(self, key: dg.AssetKey) -> set[Key]:
         return await self._subset("running", key) | await self._subset("backfilling", key)
 
+    def retrying(self, key: dg.AssetKey) -> set[Key]:
+        """Partitions whose latest run died (killed, out of memory) and that run retries will launch
+        again: about to be made, not failed."""
+        if self._retrying is None:
+            self._retrying = {}
+            instance = self.view.instance
+            for run in awaiting_retry(instance):
+                planned = instance.get_records_for_run(
+                    run.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED, limit=RETRY_LOOKBACK
+                ).records
+                for event in (record.event_log_entry.dagster_event for record in planned):
+                    self._retrying.setdefault(event.asset_key, set()).add(event.partition)
+        return self._retrying.get(key, set())
+
     async def blocked(self, key: dg.AssetKey) -> set[Key]:
-        """Missing partitions that automation cannot make: their latest run failed, or an input
-        partition they need is itself blocked (a deduplicated batch also needs every earlier
-        batch). They do not hold back the assets that read every partition: a failing crawl
-        batch is left out of the corpus until it is fixed."""
+        """Missing partitions that automation cannot make: their latest run failed (and will not be
+        retried), or an input partition they need is itself blocked (a deduplicated batch also needs
+        every earlier batch). They do not hold back the assets that read every partition: a
+        failing crawl batch is left out of the corpus until it is fixed."""
         if key not in self._blocked:
             missing = await self.missing(key) - await self.in_progress(key)
-            blocked = missing & await self._subset("failed", key)
+            blocked = missing & await self._subset("failed", key) - self.retrying(key)
             graph = self.view.asset_graph
             node = graph.get(key)
             for parent in node.parent_keys:
@@ -180,10 +206,11 @@ class Stale(PartitionFilter):
 
 
 class InputsReady(PartitionFilter):
-    """Every input partition it reads is materialized and passed its blocking checks, is requested
-    into the same run (which skips this asset if a check fails there), or is blocked (see
-    `TickState.blocked`), and none is in progress; an asset that reads every partition of an input
-    waits for at least one (a crawl batch registered, ingested, ...). Dagster's own
+    """Every input partition it reads is materialized and passed its blocking checks, or is
+    requested into the same run (which skips this asset if a check fails there), and none is in
+    progress; an asset that reads every partition of an input waits for at least one (a crawl
+    batch registered, ingested, ...) and leaves out the blocked ones (see `TickState.blocked`),
+    while a partition whose own input partition is blocked waits with it (it could only fail). Dagster's own
     `all_deps_blocking_checks_passed` would keep a stage out of its input's run: the input's checks
     are not requested before the stage is evaluated."""
 
@@ -206,11 +233,10 @@ class InputsReady(PartitionFilter):
             fan_in = node.partitions_def is None and parent_node.partitions_def is not None
             if fan_in and not await state.materialized_any(parent):
                 return []
-            waiting = (
-                (await state.missing(parent) - await state.blocked(parent))
-                | await state.in_progress(parent)
-                | await state.failed_checks(parent)
-            )
+            missing = await state.missing(parent)
+            if fan_in:  # a blocked input partition is left out of what reads them all
+                missing -= await state.blocked(parent)
+            waiting = missing | await state.in_progress(parent) | await state.failed_checks(parent)
             if not waiting:
                 continue
             same_run = parent_node.partitions_def == node.partitions_def

@@ -4,7 +4,7 @@ crawl batches, the automation sensor materializing whatever is missing or stale 
 There is no stage list here: this process only starts the daemon, shows what happens, and stops it
 once nothing is left to run, then prints the summary.
 
-The daemon (and the runs it launches, vLLM included) write to `$DAGSTER_HOME/logs/daemon.log`;
+The daemon (and the runs it launches, vLLM included) write to `$DAGSTER_HOME/daemon.log`;
 each run's own output stays in its compute logs, shown in the UI (`make ui`). A failing asset
 partition does not stop the others: the demo names it, says where its logs are, waits until
 nothing else can run, and exits with 1. Run it again and it materializes nothing.
@@ -26,9 +26,10 @@ import dagster as dg
 import polars as pl
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
-from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, PARTITION_NAME_TAG, WILL_RETRY_TAG
+from dagster._core.storage.tags import PARTITION_NAME_TAG, WILL_RETRY_TAG
 
 from jobs.automation import AUTOMATION_SENSOR
+from jobs.conditions import awaiting_retry
 from resources.common.catalog import LineageCatalog
 from resources.settings import PROJECT_ROOT, Settings, load_settings
 
@@ -40,13 +41,22 @@ QUIET_LINE_EVERY_S = 30.0  # without a terminal: a status line this often
 STOP_TIMEOUT_S = 15.0
 
 
+def daemon_log(home: Path) -> Path:
+    """Not under `<home>/logs/`: that is Dagster's telemetry cache, which every daemon (telemetry
+    off or not) renames to `.logs_queue/`, tries to upload and deletes, our log with it."""
+    return home / "daemon.log"
+
+
 @contextlib.contextmanager
-def daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+def daemon(home: Path, config: Path | None = None) -> Iterator[subprocess.Popen[bytes]]:
     """`dagster-daemon run` on the project's workspace in its own process group (its code server
-    and runs included), output to `<home>/logs/daemon.log`; the whole group is ended on exit."""
-    log = home / "logs" / "daemon.log"
+    and runs included), output to `daemon_log(home)`; the whole group is ended on exit.
+    `config`: the settings file (default: `$CRAWL2CKPT_CONFIG`, else configs/demo.yaml)."""
+    log = daemon_log(home)
     log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "DAGSTER_HOME": str(home), "PYTHONPATH": str(PROJECT_ROOT)}
+    if config is not None:
+        env["CRAWL2CKPT_CONFIG"] = str(config)
     with log.open("ab") as out:
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
@@ -241,10 +251,17 @@ def crawl_sensor_ticked_since(instance: dg.DagsterInstance, moment: float) -> bo
 def retry_pending(instance: dg.DagsterInstance) -> bool:
     """A run failed because its process died (or was stopped) and run retries will launch it again
     (a run of an earlier, interrupted demo included)."""
-    failed = instance.get_run_records(
-        dg.RunsFilter(statuses=[dg.DagsterRunStatus.FAILURE], tags={WILL_RETRY_TAG: "true"})
-    )
-    return any(AUTO_RETRY_RUN_ID_TAG not in r.dagster_run.tags for r in failed)
+    return bool(awaiting_retry(instance))
+
+
+def nothing_left(instance: dg.DagsterInstance, progress: Progress) -> bool | str:
+    """True once no run is in flight or waiting for a retry, the crawl sensor has looked at the
+    source, and an automation tick after the last run ended requested nothing; why nothing more
+    will happen when the automation sensor fails."""
+    if progress.in_flight() or retry_pending(instance) or not crawl_sensor_ticked_since(instance, progress.started):
+        return False
+    idle = automation_idle_since(instance, progress.last_activity)
+    return f"the automation sensor failed:\n{idle}" if isinstance(idle, str) else idle
 
 
 def watch(instance: dg.DagsterInstance, process: subprocess.Popen[bytes], progress: Progress) -> str | None:
@@ -261,19 +278,13 @@ def watch(instance: dg.DagsterInstance, process: subprocess.Popen[bytes], progre
         if process.poll() is not None:
             return f"dagster-daemon exited with {process.returncode} (see its log)"
         progress.update(say)
-        records = progress.runs()
-        if (
-            not progress.in_flight()
-            and not retry_pending(records)
-            and crawl_sensor_ticked_since(instance, progress.started)
-        ):
-            idle = automation_idle_since(instance, progress.last_activity)
-            if isinstance(idle, str):
-                return f"the automation sensor failed:\n{idle}"
-            if idle:
-                if tty:
-                    sys.stdout.write("\r\033[K")
-                return None
+        done = nothing_left(instance, progress)
+        if isinstance(done, str):
+            return done
+        if done:
+            if tty:
+                sys.stdout.write("\r\033[K")
+            return None
         now = time.time()
         if tty:
             sys.stdout.write("\r\033[K" + progress.status_line()[: os.get_terminal_size().columns - 1])
@@ -333,7 +344,7 @@ def run(settings: Settings, instance: dg.DagsterInstance, home: Path, config: st
         return 2
     for name in start_stopped_sensors(instance):
         print(f"{name} was stopped (in the UI): started it again")
-    print(f"dagster-daemon on {config}; its log: {home / 'logs' / 'daemon.log'}", flush=True)
+    print(f"dagster-daemon on {config}; its log: {daemon_log(home)}", flush=True)
     progress = Progress(instance)
     with daemon(home) as process:
         problem = watch(instance, process, progress)

