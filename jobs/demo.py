@@ -18,13 +18,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 import polars as pl
-from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorType, TickStatus
+from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorTick, InstigatorType, TickStatus
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from dagster._core.storage.tags import PARTITION_NAME_TAG, WILL_RETRY_TAG
 
@@ -226,17 +226,24 @@ def logs_of(instance: dg.DagsterInstance, run_id: str) -> str:
 
 
 def automation_idle_since(instance: dg.DagsterInstance, moment: float) -> bool | str:
-    """True when an automation tick that started after `moment` requested nothing; the tick's
-    error when the latest tick failed (a broken condition: nothing will ever run)."""
+    """True when the latest automation tick that started after `moment` and has ended requested
+    nothing; the tick's error when it failed (a broken condition: nothing will ever run)."""
     state = sensor_states(instance).get(AUTOMATION_SENSOR)
     if state is None:
         return False
-    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5)
+    return idle_after(instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=5), moment)
+
+
+def idle_after(ticks: Sequence[InstigatorTick], moment: float) -> bool | str:
+    """`ticks` newest first: one that requested runs after a skipped one means work, not idleness."""
     for tick in ticks:
-        if tick.status == TickStatus.FAILURE and tick.timestamp > moment:
+        if tick.timestamp <= moment:
+            return False
+        if tick.status == TickStatus.STARTED:
+            continue  # still evaluating
+        if tick.status == TickStatus.FAILURE:
             return tick.error.to_string() if tick.error else "automation tick failed"
-        if tick.status == TickStatus.SKIPPED and tick.timestamp > moment:
-            return True
+        return tick.status == TickStatus.SKIPPED
     return False
 
 
@@ -260,7 +267,9 @@ def nothing_left(instance: dg.DagsterInstance, progress: Progress) -> bool | str
     will happen when the automation sensor fails."""
     if progress.in_flight() or retry_pending(instance) or not crawl_sensor_ticked_since(instance, progress.started):
         return False
-    idle = automation_idle_since(instance, progress.last_activity)
+    # Runs read after the check above: one that ended since `progress.update` looked counts too.
+    ended = max([progress.last_activity, *(record.end_time or 0.0 for record in progress.runs())])
+    idle = automation_idle_since(instance, ended)
     return f"the automation sensor failed:\n{idle}" if isinstance(idle, str) else idle
 
 
