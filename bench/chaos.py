@@ -135,7 +135,7 @@ def chaos_config(work: Path, endpoint: str | None, served_model: Path | None) ->
     raw["evaluation"]["reference"] = {"max_tokens_per_set": 4000}  # the tiny model, after its own EOS
     # Random weights never stop by themselves: keep cut-off rewrites, so that synthetic rows (and
     # their token shards) are compared too, not only removals.
-    raw["rewrite"]["post_filter"] = {"drop_truncated": False}
+    raw["rewrite"]["post_filter"] = {**(raw["rewrite"].get("post_filter") or {}), "drop_truncated": False}
     if endpoint is None:
         raw["rewrite"]["backend"] = "vllm"
         raw["rewrite"].pop("endpoint")
