@@ -16,9 +16,9 @@ sensor must finish the chain. A point survives when:
 - every manifest names only files that exist, with matching sha256, and nothing else (no orphan)
   sits beside it; no temporary file (`.tmp-*`, `.part-*`) is left in the storage tree;
 - the final outputs equal the reference's: rows per asset partition and table, token counts,
-  the checkpoint's weights hash, bits per byte per eval set;
+  the hashes of the models' weights and of the token ids, bits per byte per eval set;
 - the killed run is marked FAILURE in the instance, and the `gpu` pool holds no claim;
-- no later run waited on the killed worker's partition lock (a wait on a live one is listed);
+- no later run waited on the killed worker's partition lock (waits on a live one are counted);
 - no other run failed, and the chain finished within `--timeout` (a hang is a failure).
 
     .venv/bin/python bench/chaos.py                 # the reference + every kill point
@@ -362,15 +362,13 @@ def run_problems(instance: dg.DagsterInstance, kill: Kill) -> list[str]:
             problems.append(f"run {record.dagster_run.run_id[:8]} failed too")
     for record in instance.get_run_records(dg.RunsFilter(statuses=NOT_FINISHED_STATUSES)):
         problems.append(f"run {record.dagster_run.run_id[:8]} is still {record.dagster_run.status.value}")
-    for record in instance.get_run_records():
-        for event in instance.all_logs(record.dagster_run.run_id, of_type=dg.DagsterEventType.ENGINE_EVENT):
-            if LOCK_WAIT in (event.user_message or "") and f"pid {kill.pid} " in event.user_message:
-                problems.append(f"run {record.dagster_run.run_id[:8]} waited on the dead run's lock")
+    dead = f"pid {kill.pid} "  # how a waiter names the holder (partition_lock.describe)
+    problems += [f"waited on the dead run's lock: {message}" for message in lock_waits(instance) if dead in message]
     return problems
 
 
 def lock_waits(instance: dg.DagsterInstance) -> list[str]:
-    """Waits on a live writer's partition lock (said by the waiting step, listed, not failures)."""
+    """What steps said when they waited for a partition lock (the holder and since when)."""
     return [
         event.user_message
         for record in instance.get_run_records()
@@ -392,6 +390,7 @@ class Outcome:
     seconds: float
     retried: bool
     problems: list[str]
+    lock_waits: int = 0  # waits for a live writer's partition lock: allowed, and said by the waiter
 
     @property
     def survived(self) -> bool:
@@ -439,13 +438,13 @@ def run_point(setup: Setup, point: KillPoint, reference: Reference) -> Outcome:
     with open_home(chain.home) as instance:
         problems += run_problems(instance, chain.kill)
         got = outputs(chain.store, instance)
-        retried = any(
-            r.dagster_run.tags.get(PARENT_RUN_ID_TAG) == chain.kill.run_id for r in instance.get_run_records()
-        )
+        runs = instance.get_run_records()
+        retried = any(r.dagster_run.tags.get(PARENT_RUN_ID_TAG) == chain.kill.run_id for r in runs)
+        waits = len(lock_waits(instance))
     for key in sorted(set(reference.expected) | set(got)):
         if reference.expected.get(key) != got.get(key):
             problems.append(f"{key}: {got.get(key)} (reference {reference.expected.get(key)})")
-    return Outcome(point, chain.kill.landed, chain.seconds, retried, problems)
+    return Outcome(point, chain.kill.landed, chain.seconds, retried, problems, waits)
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -460,10 +459,11 @@ def select_points(spec: list[str] | None) -> list[KillPoint]:
 
 
 def table(outcomes: list[Outcome]) -> str:
-    lines = [f"{'kill point':<28} {'killed in':<24} {'retried':<8} {'pass s':>7}  result"]
+    lines = [f"{'kill point':<28} {'killed in':<24} {'retried':<8} {'lock waits':>10} {'pass s':>7}  result"]
     for o in outcomes:
         result = "survived" if o.survived else "FAILED: " + "; ".join(o.problems)
-        lines.append(f"{o.point.name:<28} {o.landed:<24} {'yes' if o.retried else 'no':<8} {o.seconds:>7.0f}  {result}")
+        retried = "yes" if o.retried else "no"
+        lines.append(f"{o.point.name:<28} {o.landed:<24} {retried:<8} {o.lock_waits:>10} {o.seconds:>7.0f}  {result}")
     lines.append("")
     lines.append(f"{'stage':<28} {'points':>6} {'survived':>9}")
     stages: dict[str, list[Outcome]] = defaultdict(list)
