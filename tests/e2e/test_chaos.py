@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 POINTS = ("raw_documents@0", "deduplicated_documents@50", "checkpoint@50")
 
 
+@pytest.mark.timeout(2400)  # four daemon passes of the whole chain: ~2 min each on 2 idle cores
 def test_runs_killed_in_three_stages_recover_to_the_reference(
     tmp_path: Path, vllm_server: str, tiny_model: Path
 ) -> None:
