@@ -75,7 +75,7 @@ def deduplicate(
             upstream=UPSTREAM,
             partition=key,
             run_id="run",
-            process=result.splitter(),
+            process=result.splitter,
             extra_inputs=earlier.inputs(ASSET),
             finish=lambda: {INDEX: result.segment.frames()},
             stats={CHAIN: earlier.record()},
