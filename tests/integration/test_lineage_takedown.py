@@ -31,9 +31,7 @@ from tests.warc_factory import html_page, response_record, write_warc
 pytestmark = pytest.mark.vllm
 
 PER_BATCH = [FILTERED, SCORED, DEDUPED, SYNTHETIC, TOKEN_SHARDS, SYNTHETIC_TOKEN_SHARDS]
-CORPUS = [
-    "quality_classifier",
-    "tokenizer",
+CORPUS = [  # recomputed after a takedown; the quality classifier and tokenizer are kept (automation.py)
     "training_mixture",
     "checkpoint",
     "evaluation",
@@ -183,7 +181,7 @@ def test_audits_and_a_takedown_that_recomputes_only_what_it_touches(
 
     # --match content: the near copy under the other URL goes too, from its own batch's filter on.
     content = takedown(config, capsys, url, "--match", "content", "--reason", "and every copy")
-    # The copy is kept now, so the dedup index finds it (before, deduplication's removal named it).
+    # The copy is kept now, so the dedup index finds it (deduplication's removal of it is gone).
     assert content["content_matches"].get("near") == 1
     tick_sensor(defs, instance, name="takedown_sensor")
     done = materialize_stale(defs, instance)
