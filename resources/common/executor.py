@@ -22,10 +22,9 @@ environment, with this repository installed (or on their PYTHONPATH).
 
 from __future__ import annotations
 
-import hashlib
-import pickle
 import socket
 import threading
+import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -80,7 +79,7 @@ class Recipe:
 
     @classmethod
     def of(cls, factory: Callable[[], Any]) -> Recipe:
-        return cls(factory, hashlib.sha256(pickle.dumps(factory)).hexdigest())
+        return cls(factory, uuid.uuid4().hex)  # one per stage run: its workers build the engine once
 
     def build(self) -> Any:
         engine = _BUILT.get(self.key)

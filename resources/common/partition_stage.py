@@ -157,5 +157,11 @@ def run_partition_stage(
         )
     )
     return StageOutput(
-        manifest, rows_in, by_rule, time.perf_counter() - started, concat_or_none(provenance), concat_or_none(why)
+        manifest,
+        rows_in,
+        by_rule,
+        time.perf_counter() - started,
+        concat_or_none(provenance),
+        # empty, not None, when nothing was removed: the catalog then drops an earlier run's rows
+        pl.concat(why) if why else pl.DataFrame(schema=removed_schema).select(REMOVED_COLUMNS),
     )

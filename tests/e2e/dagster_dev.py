@@ -33,7 +33,7 @@ def free_port() -> int:
 
 def demo_config(tmp_path: Path, crawl: Path, vllm_server: str, tiny_model: Path, **sections: Any) -> Path:
     """The demo config at test size: storage under `tmp_path`, `crawl` watched every 2 s one file
-    per batch, the tiny rewriter served by the session's vLLM server (no engine start per run),
+    per batch, the tiny rewriter (for SmolLM2) served by the session's vLLM server (no engine start per run),
     a few training steps, no lm-eval; `sections` replace keys of a section."""
     raw = yaml.safe_load((PROJECT_ROOT / "configs/demo.yaml").read_text())
     overrides: dict[str, dict[str, Any]] = {
@@ -45,12 +45,18 @@ def demo_config(tmp_path: Path, crawl: Path, vllm_server: str, tiny_model: Path,
         "rewrite": {
             "max_model_len": 512,
             "backend": "endpoint",
+            "model": {"source": "hf_dir", "path": str(tiny_model)},
             "endpoint": {"url": vllm_server, "served_model": str(tiny_model)},
             "recipes": {"encyclopedic": {"sampling": {"max_tokens": 16}, "selection": {"sample_fraction": 0.2}}},
+            "post_filter": {"min_chars": 1},
         },
         "tokenizer": {"vocab_size": 800},
         "training": {"max_steps": 6, "checkpoint_every": 6, "seq_len": 64, "micro_batch_size": 4, "warmup_steps": 2},
-        "evaluation": {"max_tokens_per_set": 20_000, "generation": {"backend": "transformers", "max_tokens": 8}},
+        "evaluation": {
+            "max_tokens_per_set": 20_000,
+            "generation": {"backend": "transformers", "max_tokens": 8},
+            "reference": None,  # the demo's is SmolLM2; the tiny rewriter is no reference
+        },
         "automation": {"interval_seconds": 2},
         **sections,
     }

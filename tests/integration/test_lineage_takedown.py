@@ -1,8 +1,9 @@
 """Lineage audits and a takedown on the shipped sample, through the whole graph (rewriting with the
 tiny model behind a real vLLM server): audits name the WARC records the files hold; taking down a
-trained URL that has a rewrite and a near copy in a later batch recomputes exactly its batch's
-partitions and the corpus-wide assets after them, leaves every other batch's data versions alone,
-and leaves nothing of it in any output; `--match content` then removes the copy too."""
+trained URL that has a rewrite and a near copy in a later batch recomputes its batch's partitions,
+deduplicates the later batches again (only the copy's batch changes: the copy is kept now) and the
+corpus-wide assets after them, and leaves nothing of it in any output; `--match content` then
+removes the copy too."""
 
 from __future__ import annotations
 
@@ -30,9 +31,7 @@ from tests.warc_factory import html_page, response_record, write_warc
 pytestmark = pytest.mark.vllm
 
 PER_BATCH = [FILTERED, SCORED, DEDUPED, SYNTHETIC, TOKEN_SHARDS, SYNTHETIC_TOKEN_SHARDS]
-CORPUS = [
-    "quality_classifier",
-    "tokenizer",
+CORPUS = [  # recomputed after a takedown; the quality classifier and tokenizer are kept (automation.py)
     "training_mixture",
     "checkpoint",
     "evaluation",
@@ -145,10 +144,19 @@ def test_audits_and_a_takedown_that_recomputes_only_what_it_touches(
     assert request["recorded"] and request["crawl_batches"] == [first]
     tick_sensor(defs, instance, name="takedown_sensor")
     done = materialize_stale(defs, instance)
-    assert set(done) == {(a, first) for a in PER_BATCH} | {(a, None) for a in CORPUS}
+    # Deduplication is first-seen-wins across batches, so every later batch is deduplicated again
+    # against the changed history (automation's earlier_batch_changed); only the mirror's batch
+    # changes: its copy is a duplicate of nothing kept any more (`--match url` takes down the URL,
+    # not its content), and its stages after dedup follow. Every other batch keeps its versions.
+    later, after_dedup = [b for b in batches if b != first], [SYNTHETIC, TOKEN_SHARDS, SYNTHETIC_TOKEN_SHARDS]
+    required = {(a, first) for a in PER_BATCH} | {(DEDUPED, b) for b in later} | {(a, None) for a in CORPUS}
+    assert required <= set(done) <= required | {(a, mirror_batch) for a in after_dedup}
     new = versions(store, batches)
-    assert {k for k in old if old[k] != new[k]} <= {(a, first) for a in PER_BATCH}
-    assert all(old[(a, b)] == new[(a, b)] for a in PER_BATCH for b in batches if b != first)
+    assert {k for k in old if old[k] != new[k]} <= {(a, first) for a in PER_BATCH} | {
+        (a, mirror_batch) for a in [DEDUPED, *after_dedup]
+    }
+    assert all(old[(a, b)] == new[(a, b)] for a in PER_BATCH for b in batches if b not in (first, mirror_batch))
+    assert catalog.query("SELECT doc_id FROM documents WHERE url = ? AND asset = ?", [MIRROR, DEDUPED]).height == 1
 
     # Nothing of it is left: stages, rewrite, token shards, the latest checkpoint; the report proves it.
     kept = catalog.query(
@@ -173,21 +181,20 @@ def test_audits_and_a_takedown_that_recomputes_only_what_it_touches(
 
     # --match content: the near copy under the other URL goes too, from its own batch's filter on.
     content = takedown(config, capsys, url, "--match", "content", "--reason", "and every copy")
-    assert content["content_matches"].get("duplicate") == 1
+    # The copy is kept now, so the dedup index finds it (deduplication's removal of it is gone).
+    assert content["content_matches"].get("near") == 1
     tick_sensor(defs, instance, name="takedown_sensor")
     done = materialize_stale(defs, instance)
     assert {b for _, b in done if b} == {first, mirror_batch}
     assert {a for a, b in done if b == first} == {FILTERED}  # same output: the URL request still names it
     removed = catalog.query("SELECT stage, rule, detail FROM removed WHERE url = ?", [MIRROR]).rows()
-    assert removed == [
-        ("takedown", "takedown_content", f"{content['request_id']} duplicate:{copy_similarity(catalog)}")
-    ]
+    assert removed == [("takedown", "takedown_content", f"{content['request_id']} near:{copy_similarity(catalog)}")]
     assert not needs_run(defs, instance, TAKEDOWN_REPORT, None)
     report = instance.get_latest_materialization_event(dg.AssetKey(TAKEDOWN_REPORT)).asset_materialization
     assert report.metadata["requests"].value == 2 and report.metadata["left_in_outputs"].value == 0
 
 
 def copy_similarity(catalog: LineageCatalog) -> str:
-    """How the content request resolved the copy: deduplication's similarity, as its removal recorded it."""
+    """How the content request resolved the copy: its estimated similarity, as its removal recorded it."""
     similarity = catalog.query("SELECT similarity FROM takedown_matches WHERE url = ?", [MIRROR]).item()
     return f"{similarity:.3f}"

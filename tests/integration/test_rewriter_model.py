@@ -22,9 +22,13 @@ def _settings(tmp_path: Path, model: dict[str, str]) -> Settings:
 
 def _materialize(settings: Settings, instance: dg.DagsterInstance, names: set[str], partition: str | None = None):
     defs = build_definitions(settings)
-    assets = [a for a in defs.assets or [] if {k.to_user_string() for k in a.keys} & names]
     return dg.materialize(
-        assets, instance=instance, resources=defs.resources, partition_key=partition, raise_on_error=False
+        defs.assets or [],
+        selection=sorted(names),
+        instance=instance,
+        resources=defs.resources,
+        partition_key=partition,
+        raise_on_error=False,
     )
 
 

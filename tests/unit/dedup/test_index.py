@@ -75,7 +75,7 @@ def deduplicate(
             upstream=UPSTREAM,
             partition=key,
             run_id="run",
-            process=result.splitter(),
+            process=result.splitter,
             extra_inputs=earlier.inputs(ASSET),
             finish=lambda: {INDEX: result.segment.frames()},
             stats={CHAIN: earlier.record()},
@@ -104,7 +104,7 @@ def test_runs_give_what_every_earlier_segment_gives(tmp_path: Path, engine: Near
         segments.append(plain.segment)
         expected = plain.removed.select("doc_id", "duplicate_of").rows()
         assert (
-            removed_of(store, key).select("doc_id", "duplicate_of").rows() if output.removed is not None else []
+            removed_of(store, key).select("doc_id", "duplicate_of").rows() if output.removed.height else []
         ) == expected
         manifest = store.read_manifest(ASSET, key)
         assert manifest.stats[CHAIN]["earlier_batches"] == position

@@ -22,7 +22,6 @@ import pytest
 
 from resources.common.schemas import (
     DOCUMENTS,
-    PROVENANCE_COLUMNS,
     REMOVED,
     REMOVED_COLUMNS,
     SYNTHETIC_REMOVED_SCHEMA,
@@ -277,7 +276,7 @@ def test_duplicate_outputs_are_removed_and_catalog_rows_cover_reused_shards(tiny
     assert set(removed["rule"]) == {"rewrite_duplicate_output"} and removed["duplicate_of"].equals(removed["doc_id"])
     assert output.removed_by_rule == {"rewrite_duplicate_output": removed.height} and removed.height > 0
     # the catalog's rows, reused shard included, are what the committed shards hold
-    assert output.documents.equals(pl.concat(store.iter_frames(output.manifest, PROVENANCE_COLUMNS)))
+    assert output.documents.equals(pl.concat(store.iter_frames(output.manifest, output.documents.columns)))
     assert output.removed.equals(pl.concat(store.iter_frames(output.manifest, REMOVED_COLUMNS, REMOVED)))
 
 
