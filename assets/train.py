@@ -80,7 +80,7 @@ def build_checkpoint(settings: TrainConfig, takedown: TakedownSettings | None = 
             name = str(trained.stats["checkpoint"])
             for step, step_manifest in step_manifests(store, CHECKPOINT, run=name.split("/")[0]):
                 found = checkpoint_record(step, step_manifest)
-                lineage.record_checkpoint(found.row, found.inputs)
+                lineage.record_checkpoint(found.row, found.inputs, output=step == name)
         final = trained.result.checkpoint
         metadata = {
             "checkpoint": dg.MetadataValue.path(str(final)),

@@ -93,6 +93,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS checkpoint_inputs (
     checkpoint VARCHAR, source VARCHAR, asset VARCHAR, crawl_batch VARCHAR, file VARCHAR, data_version VARCHAR,
     train_tokens BIGINT, inherited BOOLEAN);
+-- Every time the checkpoint asset named a checkpoint its output. A rerun on data an earlier
+-- generation trained on (a second takedown that removes what the first let back in) finds that
+-- generation's run complete and makes it current again, without training a new one.
+CREATE TABLE IF NOT EXISTS checkpoint_outputs (checkpoint VARCHAR, materialized_at TIMESTAMPTZ);
+CREATE VIEW IF NOT EXISTS checkpoint_recency AS SELECT c.checkpoint,
+    greatest(c.created_at, coalesce(o.materialized_at, c.created_at)) AS current_at FROM checkpoints c
+    LEFT JOIN (SELECT checkpoint, max(materialized_at) AS materialized_at FROM checkpoint_outputs GROUP BY ALL) o
+    USING (checkpoint);
 CREATE TABLE IF NOT EXISTS takedowns (
     request_id VARCHAR PRIMARY KEY, created_at TIMESTAMPTZ, requested_by VARCHAR, reason VARCHAR, match VARCHAR,
     source VARCHAR, record JSON);
@@ -259,11 +267,16 @@ class LineageCatalog:
             pass
         return queued
 
-    def record_checkpoint(self, checkpoint: dict[str, object], inputs: list[dict[str, object]]) -> None:
+    def record_checkpoint(
+        self, checkpoint: dict[str, object], inputs: list[dict[str, object]], output: bool = False
+    ) -> None:
         """A checkpoint (one step directory) and the token shard files it trained on, as
-        `resources.lineage.checkpoints` reads them from its manifest."""
+        `resources.lineage.checkpoints` reads them from its manifest; `output`: the checkpoint
+        asset materializes it now (it is the latest, however long ago it was trained)."""
         with self.connect() as con:
             con.execute("BEGIN")
+            if output:
+                con.execute("INSERT INTO checkpoint_outputs VALUES (?, current_timestamp)", [checkpoint["checkpoint"]])
             con.execute("DELETE FROM checkpoint_inputs WHERE checkpoint = ?", [checkpoint["checkpoint"]])
             columns = list(checkpoint)
             con.execute(

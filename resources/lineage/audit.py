@@ -67,11 +67,15 @@ def stage_rank(asset: str) -> tuple[int, str]:
 
 
 # -- checkpoints -------------------------------------------------------------------------
+# The checkpoint the asset materialized last (trained last, or an earlier generation made current again).
+LATEST_CHECKPOINT = "SELECT checkpoint FROM checkpoint_recency ORDER BY current_at DESC, checkpoint DESC LIMIT 1"
+
+
 def resolve_checkpoint(con: duckdb.DuckDBPyConnection, ref: str | None) -> str:
     """A checkpoint's name from `run-<hash>/step-NNNNNN`, `run-<hash>/N`, `run-<hash>` (its last
     step) or any path ending in one of those; the latest checkpoint when `ref` is None."""
     if ref is None:
-        found = rows(con, "SELECT checkpoint FROM checkpoints ORDER BY created_at DESC, checkpoint DESC LIMIT 1")
+        found = rows(con, LATEST_CHECKPOINT)
         if not found:
             raise NotFound("the catalog knows no checkpoint yet: materialize `checkpoint` first")
         return found[0]["checkpoint"]

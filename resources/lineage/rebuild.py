@@ -15,9 +15,11 @@ def rebuild_catalog(
 ) -> dict[str, int]:
     counts = catalog.rebuild(store, batches)
     counts["checkpoints"] = 0
+    current = store.read_manifest(checkpoint_asset, None)
+    output = current.stats.get("checkpoint") if current else None  # what the asset materialized last
     for name, manifest in step_manifests(store, checkpoint_asset):
         found = checkpoint_record(name, manifest)
-        catalog.record_checkpoint(found.row, found.inputs)
+        catalog.record_checkpoint(found.row, found.inputs, output=name == output)
         counts["checkpoints"] += 1
     requests = read_requests(store)
     for request, matches in requests:

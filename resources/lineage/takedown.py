@@ -38,7 +38,7 @@ from resources.common.schemas import removed_rows
 from resources.common.storage import ShardStore, sha256_bytes
 from resources.dedup.index import INDEX, band_column
 from resources.dedup.minhash import SketchSpec, band_keys, similarity, sketch
-from resources.lineage.audit import rows
+from resources.lineage.audit import LATEST_CHECKPOINT, rows
 from resources.lineage.requests import (
     MATCH_SCHEMA,
     Match,
@@ -502,7 +502,7 @@ def occurrences(catalog: LineageCatalog, assets: Assets = Assets()) -> list[dict
     The raw documents stay (they are the crawl as fetched) and are counted apart."""
     with catalog.connect(read_only=True) as con:
         requests = rows(con, "SELECT request_id, created_at, reason, match, requested_by FROM takedowns ORDER BY ALL")
-        latest = rows(con, "SELECT checkpoint FROM checkpoints ORDER BY created_at DESC, checkpoint DESC LIMIT 1")
+        latest = rows(con, LATEST_CHECKPOINT)
         report = []
         for request in requests:
             documents = _taken(con, [request["request_id"]])
@@ -530,7 +530,7 @@ def occurrences(catalog: LineageCatalog, assets: Assets = Assets()) -> list[dict
             saw = {r["checkpoint"]: r["documents"] for r in trained}
             since = rows(
                 con,
-                "SELECT checkpoint FROM checkpoints WHERE created_at > ? ORDER BY created_at",
+                "SELECT checkpoint FROM checkpoint_recency WHERE current_at > ? ORDER BY current_at",
                 [request["created_at"]],
             )
             raw = next((r["n"] for r in stages if r["asset"] == assets.raw), 0)

@@ -56,7 +56,8 @@ def test_materialize_all_from_an_empty_instance(tmp_path: Path, vllm_server: str
                 page.get_by_text("final_loss").first.wait_for()
                 page.screenshot(path=str(shots / "4-checkpoint.png"), full_page=True)
                 page.goto(f"{dev.url}/assets/report")
-                page.get_by_text("Training loss").first.wait_for()
+                page.get_by_text("[Show Markdown]").first.click()  # the report's markdown opens in a dialog
+                page.get_by_role("dialog").get_by_text("Training loss").first.wait_for()
                 assert page.locator("img[src^='data:image/png']").count() >= 1  # the report's plots
                 page.screenshot(path=str(shots / "5-report.png"), full_page=True)
             finally:

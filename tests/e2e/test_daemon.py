@@ -44,6 +44,7 @@ EACH_BATCH = (
     "report",
     "crawl_summary",
     "decontamination_report",
+    "takedown_report",  # checks again, on each new checkpoint, that no taken-down document is in it
 )
 
 

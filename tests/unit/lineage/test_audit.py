@@ -138,6 +138,21 @@ def test_checkpoint_lineage_goes_down_to_warc_files_versions_and_takedowns(catal
     assert summary["crawl"]["data_versions"] == 2 and summary["synthetic"]["documents"] == 1
 
 
+def test_an_earlier_generation_materialized_again_is_the_latest(catalog: LineageCatalog) -> None:
+    """A rerun on the data generation 1 trained on finds its run complete and names it the
+    output again: audits and the takedown report then mean generation 1 by "latest"."""
+    name = "run-aaa/step-000004"
+    with audit.connect(catalog.path) as con:
+        (first,) = audit.rows(con, "SELECT * FROM checkpoints WHERE checkpoint = ?", [name])
+        inputs = audit.rows(con, "SELECT * EXCLUDE (checkpoint) FROM checkpoint_inputs WHERE checkpoint = ?", [name])
+        assert audit.checkpoint_lineage(con)["checkpoint"] == "run-bbb/step-000004"
+    catalog.record_checkpoint(first, inputs, output=True)
+    with audit.connect(catalog.path) as con:
+        again = audit.checkpoint_lineage(con)
+    assert again["checkpoint"] == name and again["generation"] == 1
+    assert {b["crawl_batch"] for b in again["crawl_batches"]} == {"b1"}  # its inputs kept
+
+
 def test_url_lineage_follows_the_document_everywhere(catalog: LineageCatalog) -> None:
     with audit.connect(catalog.path) as con:
         answer = audit.url_lineage(con, URL)
