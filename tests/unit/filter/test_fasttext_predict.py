@@ -12,12 +12,12 @@ from pathlib import Path
 
 import fasttext
 import numpy as np
-import polars as pl
 import pytest
 
 from resources.filter.fasttext_file import compiled_prediction_supported, read_fasttext_file
 from resources.filter.fasttext_predict import FastTextPredictor
 from resources.filter.language_id import LanguageIdentifier, LanguageSettings, bundled_model_path
+from tests.unit.filter.conftest import sample_pages
 from tests.unit.filter.test_language_id import SAMPLE, SENTENCES
 
 TRICKY = [
@@ -63,21 +63,6 @@ def _train(tmp_path: Path, name: str, quantize: bool = False, **args: object) ->
     return [Path(job["output"]), *([Path(job["quantized"])] if quantize else [])]
 
 
-def _sample_texts() -> list[str]:
-    from resources.common.storage import ShardInfo
-    from resources.ingest.engine import ingest_files
-    from resources.settings import IngestSettings
-
-    frames: list[pl.DataFrame] = []
-
-    def keep(index: int, frame: pl.DataFrame) -> ShardInfo:
-        frames.append(frame)
-        return ShardInfo(path=str(index), rows=frame.height, bytes=0, sha256="")
-
-    ingest_files([str(SAMPLE)], crawl_batch="test", settings=IngestSettings(workers=1), write_shard=keep)
-    return pl.concat(frames)["text"].to_list()
-
-
 def _assert_same_as_fasttext(path: Path, texts: list[str]) -> None:
     arrays = read_fasttext_file(path, keep_matrices=True)
     assert compiled_prediction_supported(arrays)
@@ -90,7 +75,7 @@ def _assert_same_as_fasttext(path: Path, texts: list[str]) -> None:
 
 
 def test_lid176_bit_for_bit_on_real_pages_and_odd_tokens() -> None:
-    texts = [*_sample_texts(), *SENTENCES.values(), *TRICKY]
+    texts = [*sample_pages(SAMPLE.name), *SENTENCES.values(), *TRICKY]
     _assert_same_as_fasttext(bundled_model_path(), texts)
 
 

@@ -8,13 +8,10 @@ import base64
 import re
 import time
 from collections import Counter
-from pathlib import Path
 
-import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from resources.common.storage import ShardInfo
 from resources.filter.c4 import C4Lines, C4Settings
 from resources.filter.fineweb import FineWebQuality, FineWebSettings
 from resources.filter.gopher import (
@@ -27,10 +24,6 @@ from resources.filter.gopher import (
 from resources.filter.heuristics import HeuristicFilter, HeuristicSettings
 from resources.filter.rules import Failure
 from resources.filter.text_units import DocView, count_sentences, split_words
-from resources.ingest.engine import ingest_files
-from resources.settings import IngestSettings
-
-SAMPLE = Path(__file__).resolve().parents[3] / "data" / "sample" / "CC-SAMPLE-2024-22-00000.warc.gz"
 
 PROSE = """The old lighthouse stands at the end of the harbour wall, and it has guided ships for two centuries.
 Its keeper climbs the spiral stairs every evening to check the lamp and to wind the clockwork.
@@ -47,19 +40,6 @@ Die Stadt hat beschlossen, den Turm mit Geld zu restaurieren, das die Bewohner g
 
 CHINESE = "北京是中华人民共和国的首都，也是全国的政治和文化中心。这座城市有三千多年的历史。" * 3
 JAPANESE = "東京は日本の首都であり、世界で最も人口の多い都市圏の一つです。多くの観光客が訪れます。" * 3
-
-
-@pytest.fixture(scope="module")
-def sample_texts() -> list[str]:
-    """Real pages: one shipped sample WARC file through our own ingest (in-process, ~0.3 s)."""
-    frames: list[pl.DataFrame] = []
-
-    def keep(index: int, frame: pl.DataFrame) -> ShardInfo:
-        frames.append(frame)
-        return ShardInfo(path=str(index), rows=frame.height, bytes=0, sha256="")
-
-    ingest_files([str(SAMPLE)], crawl_batch="test", settings=IngestSettings(workers=1), write_shard=keep)
-    return pl.concat(frames)["text"].to_list()
 
 
 # -- the tokenizer ---------------------------------------------------------------------------------

@@ -7,11 +7,9 @@ import time
 from pathlib import Path
 
 import fasttext
-import polars as pl
 import pytest
 from pydantic import ValidationError
 
-from resources.common.storage import ShardInfo
 from resources.filter.language_id import (
     LID176_LANGUAGES,
     UNDETERMINED,
@@ -19,8 +17,7 @@ from resources.filter.language_id import (
     LanguageSettings,
     bundled_model_path,
 )
-from resources.ingest.engine import ingest_files
-from resources.settings import IngestSettings
+from tests.unit.filter.conftest import sample_pages
 
 SAMPLE = Path(__file__).resolve().parents[3] / "data" / "sample" / "CC-SAMPLE-2024-22-00001.warc.gz"
 
@@ -142,14 +139,7 @@ def test_missing_or_broken_model(tmp_path: Path) -> None:
 def test_real_pages(identifier: LanguageIdentifier) -> None:
     """A real crawl file through our ingest: every page gets a known label and a probability,
     and most of this (mostly European) sample is in the target languages."""
-    frames: list[pl.DataFrame] = []
-
-    def keep(index: int, frame: pl.DataFrame) -> ShardInfo:
-        frames.append(frame)
-        return ShardInfo(path=str(index), rows=frame.height, bytes=0, sha256="")
-
-    ingest_files([str(SAMPLE)], crawl_batch="test", settings=IngestSettings(workers=1), write_shard=keep)
-    texts = pl.concat(frames)["text"].to_list()
+    texts = sample_pages(SAMPLE.name)
     languages, scores = identifier.predict(texts)
     assert len(languages) == len(texts) > 20
     assert set(languages) <= identifier.labels
