@@ -83,11 +83,11 @@ def stop_group(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def sensor_states(instance: dg.DagsterInstance) -> dict[str, object]:
+def sensor_states(instance: dg.DagsterInstance, names: Sequence[str] = SENSORS) -> dict[str, object]:
     return {
         state.instigator_name: state
         for state in instance.all_instigator_state(instigator_type=InstigatorType.SENSOR)
-        if state.instigator_name in SENSORS
+        if state.instigator_name in names
     }
 
 
@@ -129,6 +129,9 @@ class Progress:
     count: int = 0
     failures: list[Failure] = field(default_factory=list)
     last_activity: float = field(default_factory=time.time)
+    # Sensors that bring work from outside (new crawl files, takedown requests): each must have
+    # looked once since the start before the demo may call the chain idle.
+    sources: tuple[str, ...] = ("crawl_sensor",)
 
     def elapsed(self) -> str:
         seconds = int(time.time() - self.started)
@@ -247,12 +250,20 @@ def idle_after(ticks: Sequence[InstigatorTick], moment: float) -> bool | str:
     return False
 
 
-def crawl_sensor_ticked_since(instance: dg.DagsterInstance, moment: float) -> bool:
-    state = sensor_states(instance).get("crawl_sensor")
-    if state is None:
-        return False
-    ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1)
-    return bool(ticks) and ticks[0].timestamp > moment and ticks[0].status != TickStatus.STARTED
+def sensors_looked_since(instance: dg.DagsterInstance, moment: float, names: Sequence[str]) -> float | None:
+    """When the last of the sensors `names` (those not stopped in the UI) ended its latest tick, if
+    each has ended one that started after `moment`; None while one has not."""
+    states = sensor_states(instance, names)
+    latest = moment
+    for name in names:
+        state = states.get(name)
+        if state is not None and state.status == InstigatorStatus.STOPPED:
+            continue
+        ticks = instance.get_ticks(state.instigator_origin_id, state.selector_id, limit=1) if state else []
+        if not ticks or ticks[0].timestamp <= moment or ticks[0].status == TickStatus.STARTED:
+            return None
+        latest = max(latest, ticks[0].end_timestamp or ticks[0].timestamp)
+    return latest
 
 
 def retry_pending(instance: dg.DagsterInstance) -> bool:
@@ -262,13 +273,14 @@ def retry_pending(instance: dg.DagsterInstance) -> bool:
 
 
 def nothing_left(instance: dg.DagsterInstance, progress: Progress) -> bool | str:
-    """True once no run is in flight or waiting for a retry, the crawl sensor has looked at the
-    source, and an automation tick after the last run ended requested nothing; why nothing more
-    will happen when the automation sensor fails."""
-    if progress.in_flight() or retry_pending(instance) or not crawl_sensor_ticked_since(instance, progress.started):
+    """True once no run is in flight or waiting for a retry, the source sensors have looked (new
+    crawl files, takedown requests), and an automation tick after the last run ended and after
+    their look requested nothing; why nothing more will happen when the automation sensor fails."""
+    looked = sensors_looked_since(instance, progress.started, progress.sources)
+    if progress.in_flight() or retry_pending(instance) or looked is None:
         return False
     # Runs read after the check above: one that ended since `progress.update` looked counts too.
-    ended = max([progress.last_activity, *(record.end_time or 0.0 for record in progress.runs())])
+    ended = max([progress.last_activity, looked, *(record.end_time or 0.0 for record in progress.runs())])
     idle = automation_idle_since(instance, ended)
     return f"the automation sensor failed:\n{idle}" if isinstance(idle, str) else idle
 
@@ -354,7 +366,8 @@ def run(settings: Settings, instance: dg.DagsterInstance, home: Path, config: st
     for name in start_stopped_sensors(instance):
         print(f"{name} was stopped (in the UI): started it again")
     print(f"dagster-daemon on {config}; its log: {daemon_log(home)}", flush=True)
-    progress = Progress(instance)
+    sources = ("crawl_sensor", *(["takedown_sensor"] if settings.takedown.sensor_running else []))
+    progress = Progress(instance, sources=sources)
     with daemon(home) as process:
         problem = watch(instance, process, progress)
     print(f"materialized {progress.count} asset partitions in {progress.elapsed()}")

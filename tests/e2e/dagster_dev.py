@@ -21,7 +21,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from jobs.demo import automation_idle_since, crawl_sensor_ticked_since
+from jobs.demo import automation_idle_since, sensors_looked_since
 from resources.settings import PROJECT_ROOT
 
 
@@ -99,7 +99,7 @@ class DagsterDev:
             if any(not r.dagster_run.is_finished for r in records):
                 return False
             ended = max([since, *(r.end_time or 0 for r in records)])
-            if not crawl_sensor_ticked_since(instance, since):
+            if sensors_looked_since(instance, since, ["crawl_sensor"]) is None:
                 return False
             outcome = automation_idle_since(instance, ended)
             if isinstance(outcome, str):
