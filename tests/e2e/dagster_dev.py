@@ -98,10 +98,11 @@ class DagsterDev:
             records = instance.get_run_records()
             if any(not r.dagster_run.is_finished for r in records):
                 return False
-            ended = max([since, *(r.end_time or 0 for r in records)])
-            if sensors_looked_since(instance, since, ["crawl_sensor"]) is None:
+            looked = sensors_looked_since(instance, since, ["crawl_sensor"])
+            if looked is None:
                 return False
-            outcome = automation_idle_since(instance, ended)
+            # after the crawl sensor's tick (the batch it registered) and the last run's end
+            outcome = automation_idle_since(instance, max([looked, *(r.end_time or 0 for r in records)]))
             if isinstance(outcome, str):
                 raise AssertionError(f"the automation sensor failed:\n{outcome}")
             return outcome
