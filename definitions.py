@@ -75,7 +75,7 @@ def build_definitions(settings: Settings) -> dg.Definitions:
         TOKENIZER: settings.retrain_tokenizer_on_new_data,
     }
     return dg.Definitions(
-        assets=[*automate(assets, settings.automation, models), takedown_requests],
+        assets=[*automate(assets, settings.automation, models, outputs), takedown_requests],
         sensors=[
             build_crawl_sensor(settings.source),
             build_takedown_sensor(settings.takedown, settings.dedup.near),

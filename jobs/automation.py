@@ -13,7 +13,10 @@ retried in a loop; fixing the settings or an input retries it). What differs per
 - corpus-wide models (quality classifier, tokenizer): missing or a changed code version, not every
   new batch (unless their settings retrain them on new data);
 - checkpoint: the training policy (every N new crawl batches, on a cron, or by hand);
-- evaluation, model_comparison and report: in the checkpoint's run, right behind it.
+- evaluation, model_comparison and report: in the checkpoint's run, right behind it;
+- takedown_report: when a request hits a crawl batch, and in each checkpoint's run (not for every
+  batch whose outputs change on the way there, nor for a new batch no request hits: it would run
+  twice per new batch).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from dagster._utils.schedules import is_valid_cron_schedule
 
 from assets.dedup import DEDUPED
 from assets.evaluate import MODEL_COMPARISON
-from assets.reports import REPORT
+from assets.reports import REPORT, TAKEDOWN_REPORT
+from assets.takedown import TAKEDOWN_REQUESTS
 from jobs.conditions import (
     EarlierBatchChanged,
     EarlierBatchesSettled,
@@ -37,6 +41,7 @@ from jobs.conditions import (
 )
 from resources.common.automation import AutomationSettings, TrainingPolicy
 from resources.evaluate.history import EVALUATION
+from resources.lineage.takedown import NO_TAKEDOWN
 from resources.train.generations import CHECKPOINT
 from resources.train.mixture import TRAINING_MIXTURE
 
@@ -73,9 +78,12 @@ def training_condition(policy: TrainingPolicy) -> dg.AutomationCondition | None:
     return runnable(When.missing() | Stale(code_only=True) | due, f"train ({policy.describe()})")
 
 
-def conditions(settings: AutomationSettings, models: Mapping[str, bool]) -> dict[str, dg.AutomationCondition | None]:
+def conditions(
+    settings: AutomationSettings, models: Mapping[str, bool], takedown_outputs: Sequence[str] = ()
+) -> dict[str, dg.AutomationCondition | None]:
     """The condition of each named asset; `models` maps each corpus-wide model to whether it
-    retrains on new data. Assets not named here (added later) get `default_condition`."""
+    retrains on new data; `takedown_outputs`: the per-batch outputs the takedown report counts in.
+    Assets not named here (added later) get `default_condition`."""
     return {
         DEDUPED: runnable(When.missing() | Stale() | EarlierBatchChanged(), "missing_or_stale_in_order")
         & EarlierBatchesSettled(),
@@ -90,6 +98,12 @@ def conditions(settings: AutomationSettings, models: Mapping[str, bool]) -> dict
         ),
         MODEL_COMPARISON: runnable(When.missing() | Stale() | joins_run_of(EVALUATION), "follows_evaluation"),
         REPORT: runnable(When.missing() | Stale() | joins_run_of(MODEL_COMPARISON), "follows_comparison"),
+        TAKEDOWN_REPORT: runnable(
+            When.missing()
+            | Stale(ignore=frozenset(takedown_outputs), quiet={TAKEDOWN_REQUESTS: NO_TAKEDOWN})
+            | joins_run_of(CHECKPOINT),
+            "follows_requests_and_checkpoint",
+        ),
     }
 
 
@@ -98,10 +112,13 @@ def default_condition() -> dg.AutomationCondition:
 
 
 def automate(
-    assets: Sequence[dg.AssetsDefinition], settings: AutomationSettings, models: Mapping[str, bool]
+    assets: Sequence[dg.AssetsDefinition],
+    settings: AutomationSettings,
+    models: Mapping[str, bool],
+    takedown_outputs: Sequence[str] = (),
 ) -> Sequence[dg.AssetsDefinition]:
     """The assets with their automation conditions (see `conditions`)."""
-    named, default = conditions(settings, models), default_condition()
+    named, default = conditions(settings, models, takedown_outputs), default_condition()
 
     def with_condition(spec: dg.AssetSpec) -> dg.AssetSpec:
         return spec.replace_attributes(automation_condition=named.get(spec.key.to_user_string(), default))

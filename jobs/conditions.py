@@ -181,10 +181,14 @@ class TickState:
 class Stale(PartitionFilter):
     """Stale as the UI shows it (`CachingStaleStatusResolver`): its own code version changed, or an
     input's data version changed. `code_only`: only its own code version or its dependencies
-    changed (models kept when only data is new). `ignore`: inputs whose new data does not count."""
+    changed (models kept when only data is new). `ignore`: inputs whose new data does not count.
+    `quiet`: input -> a data version that does not count either (a new crawl batch's takedown
+    requests at "no request hits it")."""
 
-    def __init__(self, *, code_only: bool = False, ignore: frozenset[str] = frozenset()) -> None:
-        self.code_only, self.ignore = code_only, ignore
+    def __init__(
+        self, *, code_only: bool = False, ignore: frozenset[str] = frozenset(), quiet: Mapping[str, str] | None = None
+    ) -> None:
+        self.code_only, self.ignore, self.quiet = code_only, ignore, dict(quiet or {})
         self.label_text = "code_changed" if code_only else "stale"
         if ignore:
             self.label_text += f" (new {', '.join(sorted(ignore))} ignored)"
@@ -195,14 +199,25 @@ class Stale(PartitionFilter):
 
     async def keep(self, context, candidates):
         resolver = TickState.of(context).resolver
-        return [key for key in candidates if any(map(self._counts, resolver.get_stale_causes(context.key, key)))]
+        return [
+            key
+            for key in candidates
+            if any(self._counts(cause, resolver) for cause in resolver.get_stale_causes(context.key, key))
+        ]
 
-    def _counts(self, cause) -> bool:
+    def _counts(self, cause, resolver: CachingStaleStatusResolver) -> bool:
         if cause.category != StaleCauseCategory.DATA:
             return True  # its own code version, or a dependency added or removed
-        return not self.code_only and (
-            cause.dependency is None or cause.dependency.asset_key.to_user_string() not in self.ignore
-        )
+        if self.code_only or cause.dependency is None:
+            return not self.code_only
+        dependency = cause.dependency
+        name = dependency.asset_key.to_user_string()
+        if name in self.ignore:
+            return False
+        quiet = self.quiet.get(name)
+        if quiet is None:
+            return True
+        return resolver.get_current_data_version(dependency.asset_key, dependency.partition_key).value != quiet
 
 
 class InputsReady(PartitionFilter):

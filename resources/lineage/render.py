@@ -98,12 +98,15 @@ def checkpoint_text(answer: Row) -> str:
 
 def _document_text(doc: Row) -> list[str]:
     origin = doc["provenance"] or {}
-    lines = [
-        f"document {doc['doc_id']}",
-        f"  from: {origin.get('url')}  crawl {origin.get('crawl')}, batch {origin.get('crawl_batch')}",
-        f"        WARC {origin.get('warc_path')} record {origin.get('warc_record_id')},"
-        f" fetched {origin.get('fetch_time')}",
-    ]
+    lines = [f"document {doc['doc_id']}"]
+    if origin.get("warc_path"):
+        lines += [
+            f"  from: {origin.get('url')}  crawl {origin.get('crawl')}, batch {origin.get('crawl_batch')}",
+            f"        WARC {origin.get('warc_path')} record {origin.get('warc_record_id')},"
+            f" fetched {origin.get('fetch_time')}",
+        ]
+    elif not doc["derived_from"]:  # a rewrite the post-filter dropped: the catalog keeps its removal only
+        lines.append("  generated, not crawled: no WARC record of its own")
     for source in doc["derived_from"]:
         lines.append(f"  a rewrite of {source['source_doc_id']} (recipe {source['recipe']}, model {source['model']})")
     lines += [

@@ -7,8 +7,10 @@ project is checked out."""
 from __future__ import annotations
 
 import json
-import multiprocessing
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -161,16 +163,35 @@ def test_a_run_awaiting_its_retry_holds_back_what_reads_every_batch(
     assert automation.tick() == {None: {QUALITY_CLASSIFIER}}
 
 
-def _dedup_in_process(config: str, home: str, batch: str) -> bool:
-    """One run of one batch's dedup, as a separate process would launch it."""
-    import os
+DEDUP_ONE = """
+import sys
+import dagster as dg
+from assets.dedup import DEDUPED
+from definitions import build_definitions
+from resources.settings import load_settings
+config, home, batch = sys.argv[1:]
+with dg.DagsterInstance.from_config(home) as instance:
+    defs = build_definitions(load_settings(config))
+    result = dg.materialize(
+        defs.assets or [], selection=[DEDUPED], instance=instance, resources=defs.resources, partition_key=batch
+    )
+sys.exit(0 if result.success else 1)
+"""
 
-    os.environ["DAGSTER_HOME"] = home
-    with dg.DagsterInstance.get() as instance:
-        defs = build_definitions(load_settings(config))
-        return dg.materialize(
-            defs.assets or [], selection=[DEDUPED], instance=instance, resources=defs.resources, partition_key=batch
-        ).success
+
+def dedup_processes(config: Path, home: Path, batches: list[str], at_once: bool) -> list[int]:
+    """One run of each batch's dedup, each in a process of its own as run workers are: all
+    started together (later batch first), or one after the other. Their exit codes."""
+    env = {**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}
+
+    def start(batch: str) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-c", DEDUP_ONE, str(config), str(home), batch]
+        return subprocess.Popen(command, cwd=PROJECT_ROOT, env=env, stdout=subprocess.DEVNULL)
+
+    if at_once:
+        processes = [start(batch) for batch in reversed(batches)]
+        return [process.wait(timeout=600) for process in processes]
+    return [start(batch).wait(timeout=600) for batch in batches]
 
 
 def test_two_batches_deduplicated_at_once_equal_one_after_the_other(tmp_path: Path, two_batches: Path) -> None:
@@ -189,12 +210,7 @@ def test_two_batches_deduplicated_at_once_equal_one_after_the_other(tmp_path: Pa
             defs = build_definitions(load_settings(config))
             batches = new_batches(tick_sensor(defs, instance))
             upstream_of_dedup(defs, instance, batches)
-        args = [(str(config), str(home), batch) for batch in reversed(batches)]
-        if mode == "concurrent":
-            with multiprocessing.get_context("spawn").Pool(2) as pool:
-                assert pool.starmap(_dedup_in_process, args) == [True, True]
-        else:
-            assert [_dedup_in_process(*a) for a in reversed(args)] == [True, True]
+        assert dedup_processes(config, home, batches, at_once=mode == "concurrent") == [0, 0]
         store = ShardStore(str(root / "store"))
         outcomes[mode] = [(f.path, f.sha256) for batch in batches for f in store.read_manifest(DEDUPED, batch).files]
     assert outcomes["concurrent"] == outcomes["sequential"]
