@@ -208,9 +208,11 @@ class Stale(PartitionFilter):
     def _counts(self, cause, resolver: CachingStaleStatusResolver) -> bool:
         if cause.category != StaleCauseCategory.DATA:
             return True  # its own code version, or a dependency added or removed
-        if self.code_only or cause.dependency is None:
-            return not self.code_only
+        if self.code_only:
+            return False
         dependency = cause.dependency
+        if dependency is None:
+            return True
         name = dependency.asset_key.to_user_string()
         if name in self.ignore:
             return False

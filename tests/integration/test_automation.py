@@ -169,13 +169,10 @@ import dagster as dg
 from assets.dedup import DEDUPED
 from definitions import build_definitions
 from resources.settings import load_settings
+from tests.automation_driver import materialize
 config, home, batch = sys.argv[1:]
 with dg.DagsterInstance.from_config(home) as instance:
-    defs = build_definitions(load_settings(config))
-    result = dg.materialize(
-        defs.assets or [], selection=[DEDUPED], instance=instance, resources=defs.resources, partition_key=batch
-    )
-sys.exit(0 if result.success else 1)
+    materialize(build_definitions(load_settings(config)), instance, [DEDUPED], batch)  # raises on failure
 """
 
 
