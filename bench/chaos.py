@@ -434,15 +434,15 @@ def run_reference(setup: Setup) -> Reference:
 
 def run_point(setup: Setup, point: KillPoint, reference: Reference) -> Outcome:
     """One kill point from a fresh start, then every check against the reference. A kill that came
-    after its run had ended (the step was quicker than in the reference: a warm cache, a quieter
-    machine) killed nothing: the point is run again at half its delay, the table names the one that
+    after its step had ended (the step was quicker than in the reference: a warm cache, a quieter
+    machine) missed the point: it is run again at half its delay, the table names the one that
     landed."""
     chain = setup.chain(point.name, point, reference)
     assert chain.kill is not None
-    while chain.kill.landed == RUN_ENDED and point.percent > 0:
-        shutil.rmtree(chain.home.parent)  # nothing was killed in it
+    while chain.kill.landed != point.asset and point.percent > 0:
+        shutil.rmtree(chain.home.parent)  # the kill missed its step
         point = replace(point, percent=point.percent // 2)
-        setup.say(f"  the kill came after its run had ended: again as {point.name}")
+        setup.say(f"  the kill came after {point.asset} had ended ({chain.kill.landed}): again as {point.name}")
         chain = setup.chain(point.name, point, reference)
         assert chain.kill is not None
     problems = [chain.problem] if chain.problem else []
