@@ -272,34 +272,27 @@ class ShardStore:
     def write_bytes(self, path: str, data: bytes) -> None:
         """Atomic: a local write goes to a temporary name and is renamed; an object store PUT
         is atomic by itself."""
-        parent = posixpath.dirname(path)
-        if self._is_local:
-            self.fs.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
-            try:
-                with self.fs.open(tmp, "wb") as f:
-                    f.write(data)
-                self.fs.mv(tmp, path)
-            finally:
-                if self.fs.exists(tmp):
-                    self.fs.rm(tmp)
-        else:
-            self.fs.pipe_file(path, data)
+        self._put(path, lambda target: self.fs.pipe_file(target, data))
 
     def write_file(self, path: str, local: Path) -> None:
         """`write_bytes` for a local file of any size: streamed, never held in memory."""
+        self._put(path, lambda target: self.fs.put_file(str(local), target))
+
+    def _put(self, path: str, put: Callable[[str], object]) -> None:
+        """`put(target)` straight to `path` on an object store; locally to a temporary name
+        beside it, renamed into place (or removed, whatever happens)."""
+        if not self._is_local:
+            put(path)
+            return
         parent = posixpath.dirname(path)
-        if self._is_local:
-            self.fs.makedirs(parent, exist_ok=True)
-            tmp = posixpath.join(parent, f".tmp-{uuid.uuid4().hex}-{posixpath.basename(path)}")
-            try:
-                self.fs.put_file(str(local), tmp)
-                self.fs.mv(tmp, path)
-            finally:
-                if self.fs.exists(tmp):
-                    self.fs.rm(tmp)
-        else:
-            self.fs.put_file(str(local), path)
+        self.fs.makedirs(parent, exist_ok=True)
+        tmp = posixpath.join(parent, f"{TMP_PREFIX}{uuid.uuid4().hex}-{posixpath.basename(path)}")
+        try:
+            put(tmp)
+            self.fs.mv(tmp, path)
+        finally:
+            if self.fs.exists(tmp):
+                self.fs.rm(tmp)
 
     def read_bytes(self, path: str) -> bytes:
         return self.fs.cat_file(path)
