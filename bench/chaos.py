@@ -40,6 +40,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,7 +54,7 @@ import yaml  # noqa: E402
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES  # noqa: E402
 from dagster._core.storage.tags import PARENT_RUN_ID_TAG  # noqa: E402
 
-from jobs.demo import Progress, daemon, nothing_left  # noqa: E402
+from jobs.demo import Progress, daemon, look, patiently  # noqa: E402
 from jobs.run_launcher import worker_process  # noqa: E402
 from resources.common.partition_lock import LOCKS_DIR  # noqa: E402
 from resources.common.storage import MANIFEST_NAME, TMP_PREFIX, ShardStore, sha256_bytes  # noqa: E402
@@ -213,22 +214,30 @@ def kill_at(instance: dg.DagsterInstance, point: KillPoint, delay_s: float, dead
     and every process under it (the default run launcher starts workers in the daemon's process
     group, so killing the group would take the daemon down too)."""
     while time.monotonic() < deadline:
-        for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
-            run_id = record.dagster_run.run_id
-            starts = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
-            if any(r.event_log_entry.dagster_event.step_key == point.asset for r in starts):
-                time.sleep(delay_s)
-                worker = worker_process(instance, run_id)
-                if worker is None:
-                    raise RuntimeError(f"run {run_id} reported no worker process id")
-                processes = stop_tree(worker[0])
-                landed = running_step(instance, run_id)  # stopped: the event log is what it was doing
-                for pid in processes:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                return Kill(run_id, worker[0], processes, landed, time.time())
+        run_id = patiently(partial(run_in_step, instance, point.asset))
+        if run_id is not None:
+            time.sleep(delay_s)
+            worker = patiently(partial(worker_process, instance, run_id))
+            if worker is None:
+                raise RuntimeError(f"run {run_id} reported no worker process id")
+            processes = stop_tree(worker[0])
+            landed = patiently(partial(running_step, instance, run_id))  # stopped: the log is what it was doing
+            for pid in processes:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            return Kill(run_id, worker[0], processes, landed, time.time())
         time.sleep(POLL_S)
     raise TimeoutError(f"{point.asset} never started a step")
+
+
+def run_in_step(instance: dg.DagsterInstance, step: str) -> str | None:
+    """The started run that has started `step`, if one has."""
+    for record in instance.get_run_records(dg.RunsFilter(statuses=[dg.DagsterRunStatus.STARTED])):
+        run_id = record.dagster_run.run_id
+        starts = instance.get_records_for_run(run_id, of_type=dg.DagsterEventType.STEP_START).records
+        if any(r.event_log_entry.dagster_event.step_key == step for r in starts):
+            return run_id
+    return None
 
 
 RUN_ENDED = "(run had ended)"
@@ -278,11 +287,15 @@ def wait_until_done(
     instance: dg.DagsterInstance, process, progress: Progress, deadline: float, say: Callable[[str], None]
 ) -> str | None:
     """Until nothing is left to run (as `make demo` decides); why not, if it does not come to that."""
+
+    def report(line: str) -> None:
+        if line.startswith("FAILED"):
+            say(f"  {line}")
+
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return f"dagster-daemon exited with {process.returncode}"
-        progress.update(lambda line: line.startswith("FAILED") and say(f"  {line}"))
-        done = nothing_left(instance, progress)
+        done = patiently(partial(look, instance, progress, report))
         if done:
             return done if isinstance(done, str) else None
         time.sleep(1.0)

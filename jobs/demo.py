@@ -20,10 +20,13 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from typing import TypeVar
 
 import dagster as dg
 import polars as pl
+import sqlalchemy.exc
 from dagster._core.scheduler.instigation import InstigatorStatus, InstigatorTick, InstigatorType, TickStatus
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 from dagster._core.storage.tags import PARTITION_NAME_TAG, WILL_RETRY_TAG
@@ -285,6 +288,29 @@ def nothing_left(instance: dg.DagsterInstance, progress: Progress) -> bool | str
     return f"the automation sensor failed:\n{idle}" if isinstance(idle, str) else idle
 
 
+def look(instance: dg.DagsterInstance, progress: Progress, say: Callable[[str], None]) -> bool | str:
+    """Report what the runs did since the last look; then `nothing_left`."""
+    progress.update(say)
+    return nothing_left(instance, progress)
+
+
+T = TypeVar("T")
+
+
+def patiently(read: Callable[[], T], patience_s: float = 120.0) -> T:
+    """`read()` of the instance, again while SQLite says "database is locked": on a loaded machine
+    a daemon's write can outlast a reader's busy timeout, which is no reason for a watcher to die.
+    Any other error, or a lock longer than `patience_s`, is raised."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return read()
+        except sqlalchemy.exc.OperationalError as error:
+            if "database is locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(POLL_S)
+
+
 def watch(instance: dg.DagsterInstance, process: subprocess.Popen[bytes], progress: Progress) -> str | None:
     """Show progress until nothing is left to run; returns why the demo cannot go on, if so."""
     tty = sys.stdout.isatty()
@@ -298,8 +324,7 @@ def watch(instance: dg.DagsterInstance, process: subprocess.Popen[bytes], progre
     while True:
         if process.poll() is not None:
             return f"dagster-daemon exited with {process.returncode} (see its log)"
-        progress.update(say)
-        done = nothing_left(instance, progress)
+        done = patiently(partial(look, instance, progress, say))
         if isinstance(done, str):
             return done
         if done:

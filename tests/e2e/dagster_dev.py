@@ -21,7 +21,7 @@ from typing import Any
 import dagster as dg
 import yaml
 
-from jobs.demo import automation_idle_since, sensors_looked_since
+from jobs.demo import automation_idle_since, patiently, sensors_looked_since
 from resources.settings import PROJECT_ROOT
 
 
@@ -84,7 +84,7 @@ class DagsterDev:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(f"dagster dev exited early:\n{self.log.read_text()[-3000:]}")
-            value = predicate()
+            value = patiently(predicate)  # the daemon may hold the SQLite instance a while
             if value:
                 return value
             time.sleep(2)
