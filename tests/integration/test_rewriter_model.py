@@ -57,12 +57,9 @@ def test_bad_model_path_fails_its_step_and_touches_nothing(tmp_path: Path, insta
 
     (tmp_path / "not_a_model").mkdir()
     for bad, reason in [(tmp_path / "missing", "does not exist"), (tmp_path / "not_a_model", "no config.json")]:
-        settings = good.model_copy(
-            update={"rewrite": good.rewrite.model_copy(update={"model": {"source": "hf_dir", "path": str(bad)}})}
-        )
-        result = _materialize(
-            Settings.model_validate(settings.model_dump()), instance, {REWRITER_MODEL, SYNTHETIC}, "batch-0"
-        )
+        raw = good.model_dump()
+        raw["rewrite"]["model"] = {"source": "hf_dir", "path": str(bad)}
+        result = _materialize(Settings.model_validate(raw), instance, {REWRITER_MODEL, SYNTHETIC}, "batch-0")
         assert not result.success
         (failure,) = [e for e in result.all_events if e.is_step_failure]
         assert failure.step_key == REWRITER_MODEL
