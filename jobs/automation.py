@@ -79,7 +79,7 @@ def training_condition(policy: TrainingPolicy) -> dg.AutomationCondition | None:
 
 
 def conditions(
-    settings: AutomationSettings, models: Mapping[str, bool], takedown_outputs: Sequence[str] = ()
+    settings: AutomationSettings, models: Mapping[str, bool], takedown_outputs: Sequence[str]
 ) -> dict[str, dg.AutomationCondition | None]:
     """The condition of each named asset; `models` maps each corpus-wide model to whether it
     retrains on new data; `takedown_outputs`: the per-batch outputs the takedown report counts in.
@@ -115,7 +115,7 @@ def automate(
     assets: Sequence[dg.AssetsDefinition],
     settings: AutomationSettings,
     models: Mapping[str, bool],
-    takedown_outputs: Sequence[str] = (),
+    takedown_outputs: Sequence[str],
 ) -> Sequence[dg.AssetsDefinition]:
     """The assets with their automation conditions (see `conditions`)."""
     named, default = conditions(settings, models, takedown_outputs), default_condition()
