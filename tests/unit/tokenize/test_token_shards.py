@@ -219,7 +219,7 @@ def test_a_process_that_tokenizes_many_partitions_does_not_grow(
 ):
     """As a long-lived process (the scale benchmark, an in-process materialization loop) does: the
     tokenizer loaded again for every partition. A new encoding copy per partition kept ~3 MB of
-    word cache each time (tokenizers 0.23), ~60 MB over these 20 partitions."""
+    word cache each time (tokenizers 0.23): 166 MB over these 20 partitions on the 2-core VM."""
     store = ShardStore(str(tmp_path / "store"))
 
     def one(number: int) -> None:
